@@ -1,0 +1,116 @@
+//! Reading and decoding request bodies: size-limited, and every failure a 400 or 413 that
+//! names the offending field, never a 500.
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::HeaderMap;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ErrorCode, ProxyError};
+
+fn too_large(limit: usize) -> ProxyError {
+    ProxyError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("request body is larger than the {limit}-byte limit"),
+    )
+}
+
+/// Reads the whole body, refusing more than `limit` bytes (up front when the client
+/// declared its length, otherwise as soon as it is exceeded).
+pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ProxyError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut source: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return too_large(limit);
+            }
+            source = s.source();
+        }
+        ProxyError::new(
+            ErrorCode::InvalidRequest,
+            format!("could not read the request body: {e}"),
+        )
+    })
+}
+
+/// Decodes JSON into `T`; errors name the field path (`messages[0].role`) as `param`.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProxyError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ProxyError::new(
+            ErrorCode::InvalidRequest,
+            "request body is empty; send a JSON object",
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = match inner.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                format!("request body is not valid JSON: {inner}")
+            }
+            _ if path == "." => format!("request body must be a JSON object: {inner}"),
+            _ => format!("invalid value for `{path}`: {inner}"),
+        };
+        let mut err = ProxyError::new(ErrorCode::InvalidRequest, message);
+        if path != "." {
+            err.param = Some(path);
+        }
+        err
+    })?;
+    de.end().map_err(|e| {
+        ProxyError::new(
+            ErrorCode::InvalidRequest,
+            format!("unexpected data after the JSON object: {e}"),
+        )
+    })?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::ChatRequest;
+
+    fn err(body: &[u8]) -> ProxyError {
+        decode::<ChatRequest>(body).unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = err(br#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#);
+        assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+        let e = err(br#"{"model":"m","messages":[],"temperature":"hot"}"#);
+        assert_eq!(e.param.as_deref(), Some("temperature"));
+        let e = err(br#"{"model":"m"}"#);
+        assert!(e.message.contains("messages"), "{}", e.message);
+    }
+
+    #[test]
+    fn non_objects_and_garbage_are_400() {
+        for body in [
+            &b"[1,2]"[..],
+            b"42",
+            b"\"s\"",
+            b"null",
+            b"{",
+            b"",
+            b"   ",
+            b"\xff\xfe",
+            b"{} x",
+        ] {
+            let e = err(body);
+            assert_eq!(e.code, ErrorCode::InvalidRequest, "{body:?}");
+        }
+        let e =
+            err(b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xc3\x28\"}]}");
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+    }
+}

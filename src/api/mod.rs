@@ -1,0 +1,165 @@
+//! HTTP: routes, request ids, auth, body limits, and turning errors into the JSON envelope.
+//! Dialects are known only through [`crate::wire`].
+
+mod auth;
+mod body;
+mod chat;
+mod error;
+mod models;
+mod validate;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router as HttpRouter;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use http::request::Parts;
+use http::{HeaderValue, Method};
+use tokio::sync::Semaphore;
+
+pub use error::ApiError;
+
+use crate::config::Settings;
+use crate::error::{ErrorCode, ProxyError};
+use crate::router::Router;
+use crate::secret::Secret;
+
+/// Everything a handler needs, built once at start and shared.
+pub struct AppState {
+    pub router: Router,
+    pub master_key: Option<Secret>,
+    pub default_model: Option<String>,
+    pub max_request_bytes: usize,
+    pub concurrency: Arc<Semaphore>,
+    pub provider_names: Vec<(String, &'static str)>,
+}
+
+impl AppState {
+    pub fn new(settings: &Settings, router: Router) -> Self {
+        Self {
+            provider_names: router
+                .providers()
+                .iter()
+                .map(|p| (p.name.clone(), p.kind.as_str()))
+                .collect(),
+            router,
+            master_key: settings.auth.master_key.clone(),
+            default_model: settings.default_model.clone(),
+            max_request_bytes: settings.server.max_request_bytes,
+            concurrency: Arc::new(Semaphore::new(
+                settings
+                    .server
+                    .max_concurrent_requests
+                    .clamp(1, Semaphore::MAX_PERMITS),
+            )),
+        }
+    }
+}
+
+/// Per-request context set by the outermost middleware.
+#[derive(Clone)]
+pub struct RequestCtx {
+    pub id: Arc<str>,
+    pub started: Instant,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestCtx {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<RequestCtx>()
+            .cloned()
+            .unwrap_or_else(|| RequestCtx {
+                id: new_request_id(),
+                started: Instant::now(),
+            }))
+    }
+}
+
+/// Marks a response whose handler already wrote the request's log line.
+#[derive(Clone, Copy)]
+pub(crate) struct Logged;
+
+fn new_request_id() -> Arc<str> {
+    uuid::Uuid::new_v4().to_string().into()
+}
+
+/// Accepts the caller's `X-Request-Id` when it is a sane token, so ids can be correlated
+/// across services; otherwise makes one. Never trusts arbitrary bytes into logs.
+fn request_id_from(headers: &http::HeaderMap) -> Arc<str> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(Arc::from)
+        .unwrap_or_else(new_request_id)
+}
+
+async fn request_context(mut req: Request, next: Next) -> Response {
+    let ctx = RequestCtx {
+        id: request_id_from(req.headers()),
+        started: Instant::now(),
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    req.extensions_mut().insert(ctx.clone());
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&ctx.id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    if resp.extensions().get::<Logged>().is_none() {
+        let status = resp.status().as_u16();
+        let latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            target: "llm_proxy::request",
+            request_id = %ctx.id, method = %method, path = %path, status, latency_ms,
+            "request"
+        );
+    }
+    resp
+}
+
+async fn not_found(ctx: RequestCtx, method: Method, uri: http::Uri) -> ApiError {
+    ApiError::new(
+        ProxyError::new(
+            ErrorCode::NotFound,
+            format!("no route for {method} {}", uri.path()),
+        ),
+        &ctx,
+    )
+}
+
+/// Builds the HTTP application.
+pub fn app(state: Arc<AppState>) -> HttpRouter {
+    let protected = HttpRouter::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/chat/completions", post(chat::chat_completions))
+        .route("/v1/models", get(models::openai_models))
+        .route("/models", get(models::openai_models))
+        .route("/v1/llm/models", get(models::llm_models))
+        .route("/llm/models", get(models::llm_models))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
+    HttpRouter::new()
+        .route("/health", get(models::health))
+        .merge(protected)
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_found)
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}
+
+/// Shorthand for handlers.
+pub(crate) type AppStateRef = State<Arc<AppState>>;

@@ -1,0 +1,73 @@
+//! Model listings and the health check.
+
+use axum::Json;
+use serde::Serialize;
+use serde_json::json;
+
+use super::AppStateRef;
+
+#[derive(Serialize)]
+struct OpenAiModel<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    owned_by: &'a str,
+}
+
+/// `GET /v1/models`, in OpenAI's list shape.
+pub async fn openai_models(state: AppStateRef) -> Json<serde_json::Value> {
+    let data: Vec<OpenAiModel<'_>> = state
+        .router
+        .models()
+        .map(|r| OpenAiModel {
+            id: &r.model,
+            object: "model",
+            created: 0,
+            owned_by: r
+                .deployments
+                .first()
+                .map_or("llm-proxy", |d| d.provider.name.as_str()),
+        })
+        .collect();
+    Json(json!({ "object": "list", "data": data }))
+}
+
+#[derive(Serialize)]
+struct LlmModel<'a> {
+    id: &'a str,
+    provider: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u64>,
+}
+
+/// `GET /llm/models` and `/v1/llm/models`, in the spec's shape.
+pub async fn llm_models(state: AppStateRef) -> Json<serde_json::Value> {
+    let data: Vec<LlmModel<'_>> = state
+        .router
+        .models()
+        .filter_map(|r| {
+            let d = r.deployments.first()?;
+            Some(LlmModel {
+                id: &r.model,
+                provider: &d.provider.name,
+                max_tokens: d.max_tokens,
+            })
+        })
+        .collect();
+    Json(serde_json::to_value(data).unwrap_or_default())
+}
+
+/// `GET /health`: no auth, so load balancers can probe it.
+pub async fn health(state: AppStateRef) -> Json<serde_json::Value> {
+    let providers: Vec<serde_json::Value> = state
+        .provider_names
+        .iter()
+        .map(|(name, kind)| json!({ "name": name, "kind": kind }))
+        .collect();
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "providers": providers,
+        "models": state.router.models().count(),
+    }))
+}

@@ -1,0 +1,249 @@
+//! The native YAML format: the spec's section 6, extended. Unknown keys are errors, so a
+//! typo fails at start instead of being silently ignored.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use super::interpolate::interpolate;
+use super::{
+    ConfigError, ConfigFormat, EnvSource, ModelSettings, ProviderKind, ProviderSettings, Settings,
+    from_value, secret_from,
+};
+use crate::providers::mock::{Fault, MockSettings};
+use crate::secret::Secret;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    server: Server,
+    #[serde(default)]
+    auth: Auth,
+    #[serde(default)]
+    log_level: Option<String>,
+    #[serde(default)]
+    default_provider: Option<String>,
+    #[serde(default)]
+    default_model: Option<String>,
+    #[serde(default)]
+    providers: BTreeMap<String, Provider>,
+    #[serde(default)]
+    models: Vec<Model>,
+    #[serde(default)]
+    routing: Routing,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Server {
+    host: Option<String>,
+    port: Option<u16>,
+    max_request_size_mb: Option<f64>,
+    max_concurrent_requests: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Auth {
+    master_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Provider {
+    kind: Option<String>,
+    base_url: Option<String>,
+    api_key: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    // Mock-only knobs.
+    tokens: Option<u32>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    delay: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    ttft: Option<Duration>,
+    fault: Option<Fault>,
+    fault_status: Option<u16>,
+    fail_first: Option<u64>,
+    reasoning: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Model {
+    name: String,
+    provider: String,
+    model: Option<String>,
+    max_tokens: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Routing {
+    num_retries: Option<u32>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    stream_idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    retry_backoff: Option<Duration>,
+}
+
+pub(super) fn load(
+    mut value: Value,
+    file: &str,
+    env: &dyn EnvSource,
+) -> Result<Settings, ConfigError> {
+    interpolate(&mut value, "", env)?;
+    let f: File = from_value(value, file)?;
+    let mut s = Settings {
+        format: ConfigFormat::Native,
+        ..Settings::default()
+    };
+    if let Some(h) = f.server.host {
+        s.server.host = h;
+    }
+    if let Some(p) = f.server.port {
+        s.server.port = p;
+    }
+    if let Some(mb) = f.server.max_request_size_mb {
+        s.server.max_request_bytes = mb_to_bytes(mb, "server.max_request_size_mb")?;
+    }
+    if let Some(n) = f.server.max_concurrent_requests {
+        s.server.max_concurrent_requests = n;
+    }
+    s.auth.master_key = secret_from(f.auth.master_key);
+    if let Some(l) = f.log_level {
+        s.log_level = l;
+    }
+    s.default_provider = f.default_provider;
+    s.default_model = f.default_model;
+    for (name, p) in f.providers {
+        s.providers.push(provider(name, p)?);
+    }
+    for m in f.models {
+        s.models.push(ModelSettings {
+            model: m.model.unwrap_or_else(|| m.name.clone()),
+            name: m.name,
+            provider: m.provider,
+            max_tokens: m.max_tokens,
+        });
+    }
+    let r = f.routing;
+    if let Some(n) = r.num_retries {
+        s.routing.num_retries = n;
+    }
+    if let Some(t) = r.timeout {
+        s.routing.timeout = t;
+    }
+    if let Some(t) = r.connect_timeout {
+        s.routing.connect_timeout = t;
+    }
+    if let Some(t) = r.stream_idle_timeout {
+        s.routing.stream_idle_timeout = t;
+    }
+    if let Some(t) = r.retry_backoff {
+        s.routing.retry_backoff = t;
+    }
+    Ok(s)
+}
+
+pub(super) fn mb_to_bytes(mb: f64, key: &str) -> Result<usize, ConfigError> {
+    if mb.is_finite() && mb > 0.0 && mb < 1e6 {
+        Ok((mb * 1024.0 * 1024.0) as usize)
+    } else {
+        Err(ConfigError::Invalid {
+            key: key.into(),
+            message: format!("{mb} is not a usable size in MiB"),
+        })
+    }
+}
+
+/// The spec's own example names providers without a `kind`: infer it from the name, and
+/// treat any other named provider with a `base_url` as OpenAI-compatible.
+fn infer_kind(name: &str, p: &Provider) -> Result<ProviderKind, ConfigError> {
+    match &p.kind {
+        Some(k) => ProviderKind::parse(k).ok_or_else(|| ConfigError::Invalid {
+            key: format!("providers.{name}.kind"),
+            message: format!(
+                "unknown kind `{k}` (known: openai, anthropic, azure, gemini, ollama, vllm, \
+                 lm_studio, deepseek, mistral, groq, openrouter, mock)"
+            ),
+        }),
+        None => match ProviderKind::parse(name) {
+            Some(k) => Ok(k),
+            None if p.base_url.is_some() => Ok(ProviderKind::OpenAi),
+            None => Err(ConfigError::Invalid {
+                key: format!("providers.{name}"),
+                message: "set `kind` (e.g. openai) or a `base_url`".into(),
+            }),
+        },
+    }
+}
+
+fn provider(name: String, p: Provider) -> Result<ProviderSettings, ConfigError> {
+    let kind = infer_kind(&name, &p)?;
+    let mock_keys = [
+        ("tokens", p.tokens.is_some()),
+        ("delay", p.delay.is_some()),
+        ("ttft", p.ttft.is_some()),
+        ("fault", p.fault.is_some()),
+        ("fault_status", p.fault_status.is_some()),
+        ("fail_first", p.fail_first.is_some()),
+        ("reasoning", p.reasoning.is_some()),
+    ];
+    let mut mock = MockSettings::default();
+    if kind == ProviderKind::Mock {
+        if let Some(v) = p.tokens {
+            mock.tokens = v;
+        }
+        if let Some(v) = p.delay {
+            mock.delay = v;
+        }
+        if let Some(v) = p.ttft {
+            mock.ttft = v;
+        }
+        mock.fault = p.fault;
+        if let Some(v) = p.fault_status {
+            if !(400..600).contains(&v) {
+                return Err(ConfigError::Invalid {
+                    key: format!("providers.{name}.fault_status"),
+                    message: "must be an HTTP error status (400-599)".into(),
+                });
+            }
+            mock.fault_status = v;
+        }
+        if let Some(v) = p.fail_first {
+            mock.fail_first = v;
+        }
+        if let Some(v) = p.reasoning {
+            mock.reasoning = v;
+        }
+    } else if let Some((key, _)) = mock_keys.iter().find(|(_, set)| *set) {
+        return Err(ConfigError::Invalid {
+            key: format!("providers.{name}.{key}"),
+            message: "only applies to providers of kind `mock`".into(),
+        });
+    }
+    let base_url = p
+        .base_url
+        .filter(|u| !u.trim().is_empty())
+        .or_else(|| kind.default_base_url().map(str::to_owned));
+    Ok(ProviderSettings {
+        name,
+        kind,
+        base_url,
+        api_key: secret_from(p.api_key),
+        headers: p
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k, Secret::new(v)))
+            .collect(),
+        mock,
+    })
+}

@@ -1,0 +1,171 @@
+//! Upstream providers. A provider is a wire codec, a URL, auth headers and the shared HTTP
+//! client; nothing else. All of them implement [`ChatProvider`]; [`Provider`] dispatches
+//! statically, so the hot path pays for no boxing beyond one stream per streaming request.
+
+pub mod http;
+pub mod mock;
+pub mod openai;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::Stream;
+
+use crate::error::{ErrorCode, ProxyError};
+use crate::types::{ChatRequest, ChatResponse, StreamChunk};
+
+/// The stream of canonical chunks a provider returns for a streaming request.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamChunk, UpstreamError>> + Send>>;
+
+/// Which deadline ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    Connect,
+    /// The whole request (non-streaming), or the wait for a stream's first chunk.
+    Total,
+    /// Too long between two chunks of a stream.
+    StreamIdle,
+}
+
+/// What went wrong talking to an upstream. Messages never contain a secret: providers
+/// redact their own keys before building one.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("could not connect to the upstream: {0}")]
+    Connect(String),
+    #[error("the upstream did not answer in time ({0:?} timeout of {1:?})")]
+    Timeout(TimeoutKind, Duration),
+    #[error("the upstream returned HTTP {status}: {message}")]
+    Status {
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("the upstream reply could not be understood: {0}")]
+    Malformed(String),
+    #[error("the upstream stream failed: {0}")]
+    Stream(String),
+}
+
+impl UpstreamError {
+    /// Whether trying again (on this or another deployment) may succeed. Client mistakes
+    /// (4xx other than 408/429) would fail again, so they are never retried.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            UpstreamError::Connect(_) | UpstreamError::Timeout(..) | UpstreamError::Stream(_) => {
+                true
+            }
+            UpstreamError::Status { status, .. } => {
+                *status >= 500 || *status == 429 || *status == 408
+            }
+            UpstreamError::Malformed(_) => false,
+        }
+    }
+
+    pub fn into_proxy_error(self) -> ProxyError {
+        match self {
+            UpstreamError::Timeout(kind, after) => {
+                let what = match kind {
+                    TimeoutKind::Connect => "connecting to the provider",
+                    TimeoutKind::Total => "waiting for the provider",
+                    TimeoutKind::StreamIdle => "waiting for the next chunk of the stream",
+                };
+                ProxyError::new(
+                    ErrorCode::Timeout,
+                    format!("timed out after {after:?} {what}"),
+                )
+            }
+            UpstreamError::Status {
+                status,
+                message,
+                retry_after,
+            } => {
+                let mut e = ProxyError::new(
+                    ErrorCode::ProviderError,
+                    format!("provider returned HTTP {status}: {message}"),
+                );
+                e.upstream_status = Some(status);
+                e.retry_after = retry_after;
+                e
+            }
+            other => ProxyError::new(ErrorCode::ProviderError, other.to_string()),
+        }
+    }
+
+    /// A short label for logs and metrics (low cardinality).
+    pub fn class(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::Timeout(..) => "timeout",
+            UpstreamError::Status { status, .. } if *status >= 500 => "status_5xx",
+            UpstreamError::Status { status: 429, .. } => "status_429",
+            UpstreamError::Status { .. } => "status_4xx",
+            UpstreamError::Malformed(_) => "malformed",
+            UpstreamError::Stream(_) => "stream",
+        }
+    }
+}
+
+/// The capability every upstream kind implements: the spec's adapter interface
+/// (`complete`, `stream`, `get_models`).
+pub trait ChatProvider: Send + Sync {
+    /// One complete reply. `model` is the upstream's id for the model.
+    fn chat(
+        &self,
+        req: &ChatRequest,
+        model: &str,
+    ) -> impl Future<Output = Result<ChatResponse, UpstreamError>> + Send;
+
+    /// A stream of canonical chunks. Returns once the upstream accepted the request.
+    fn chat_stream(
+        &self,
+        req: &ChatRequest,
+        model: &str,
+    ) -> impl Future<Output = Result<EventStream, UpstreamError>> + Send;
+
+    /// The model ids the upstream reports.
+    fn models(&self) -> impl Future<Output = Result<Vec<String>, UpstreamError>> + Send;
+}
+
+/// Every provider kind this build can call.
+#[derive(Debug)]
+pub enum Provider {
+    OpenAi(openai::OpenAiProvider),
+    Mock(mock::MockProvider),
+}
+
+impl Provider {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Provider::OpenAi(_) => "openai",
+            Provider::Mock(_) => "mock",
+        }
+    }
+}
+
+impl ChatProvider for Provider {
+    async fn chat(&self, req: &ChatRequest, model: &str) -> Result<ChatResponse, UpstreamError> {
+        match self {
+            Provider::OpenAi(p) => p.chat(req, model).await,
+            Provider::Mock(p) => p.chat(req, model).await,
+        }
+    }
+
+    async fn chat_stream(
+        &self,
+        req: &ChatRequest,
+        model: &str,
+    ) -> Result<EventStream, UpstreamError> {
+        match self {
+            Provider::OpenAi(p) => p.chat_stream(req, model).await,
+            Provider::Mock(p) => p.chat_stream(req, model).await,
+        }
+    }
+
+    async fn models(&self) -> Result<Vec<String>, UpstreamError> {
+        match self {
+            Provider::OpenAi(p) => p.models().await,
+            Provider::Mock(p) => p.models().await,
+        }
+    }
+}

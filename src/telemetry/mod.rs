@@ -1,0 +1,34 @@
+//! Structured logs: one line per request, JSON when stdout is not a terminal.
+
+mod request_log;
+
+pub use request_log::{RequestLog, StreamStats};
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber. `level` is a level (`info`) or a full tracing filter
+/// (`llm_proxy=debug,info`); an unusable one falls back to `info` and says so.
+pub fn init(level: &str) {
+    let (filter, bad) = match EnvFilter::try_new(level) {
+        Ok(f) => (f, false),
+        Err(_) => (EnvFilter::new("info"), true),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    let result = if std::io::stdout().is_terminal() {
+        builder.compact().try_init()
+    } else {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init()
+    };
+    if result.is_ok() && bad {
+        tracing::warn!("log level `{level}` is not a valid filter; using info");
+    }
+}

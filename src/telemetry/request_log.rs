@@ -1,0 +1,132 @@
+//! The per-request log record. It is emitted exactly once: when the handler finishes, or,
+//! for a stream, when the stream ends — including when the client goes away mid-stream,
+//! which `Drop` records as `client_closed` so no request ever goes unlogged.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::ProxyError;
+use crate::router::Outcome;
+use crate::types::{ChatEvent, FinishReason, Usage};
+
+/// What a stream delivered, accumulated chunk by chunk.
+#[derive(Debug, Default, Clone)]
+pub struct StreamStats {
+    pub ttft: Option<Duration>,
+    pub usage: Option<Usage>,
+    pub finish: Option<FinishReason>,
+    pub chunks: u64,
+}
+
+impl StreamStats {
+    pub fn observe(&mut self, started: Instant, event: &ChatEvent) {
+        if self.ttft.is_none() && event.is_content() {
+            self.ttft = Some(started.elapsed());
+        }
+        match event {
+            ChatEvent::Usage(u) => self.usage = Some(*u),
+            ChatEvent::Finish(f) => self.finish = Some(*f),
+            _ => {}
+        }
+    }
+}
+
+pub struct RequestLog {
+    pub request_id: Arc<str>,
+    pub endpoint: &'static str,
+    pub model: Option<Arc<str>>,
+    pub stream: bool,
+    pub started: Instant,
+    pub outcome: Outcome,
+    pub status: u16,
+    pub error: Option<ProxyError>,
+    pub stats: StreamStats,
+    emitted: bool,
+}
+
+impl RequestLog {
+    pub fn new(request_id: Arc<str>, endpoint: &'static str, started: Instant) -> Self {
+        Self {
+            request_id,
+            endpoint,
+            model: None,
+            stream: false,
+            started,
+            outcome: Outcome::default(),
+            status: 200,
+            error: None,
+            stats: StreamStats::default(),
+            emitted: false,
+        }
+    }
+
+    pub fn fail(&mut self, err: &ProxyError) {
+        self.status = err.code.status().as_u16();
+        self.error = Some(err.clone());
+    }
+
+    /// Emits the line (once).
+    pub fn emit(&mut self, result: &'static str) {
+        if self.emitted {
+            return;
+        }
+        self.emitted = true;
+        let latency = self.started.elapsed();
+        let dep = self.outcome.deployment.as_ref();
+        let usage = self.stats.usage;
+        let tokens_out = usage.map(|u| u.completion_tokens);
+        let tokens_per_sec = match (tokens_out, self.stats.ttft) {
+            (Some(n), Some(ttft)) if n > 0 && latency > ttft => {
+                Some(((n as f64) / (latency - ttft).as_secs_f64() * 10.0).round() / 10.0)
+            }
+            _ => None,
+        };
+        let error_code = self.error.as_ref().map(|e| e.code.as_str());
+        let error_message = self.error.as_ref().map(|e| e.message.as_str());
+        // `tracing` needs the level at compile time, so the one field list is a macro.
+        macro_rules! line {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "llm_proxy::request",
+                    $level,
+                    request_id = %self.request_id,
+                    endpoint = self.endpoint,
+                    model = self.model.as_deref(),
+                    provider = dep.map(|d| d.provider.name.as_str()),
+                    deployment = dep.map(|d| &*d.id),
+                    attempts = self.outcome.attempts,
+                    stream = self.stream,
+                    status = self.status,
+                    result,
+                    error_code,
+                    error_message,
+                    latency_ms = ms(latency),
+                    ttft_ms = self.stats.ttft.map(ms),
+                    tokens_in = usage.map(|u| u.prompt_tokens),
+                    tokens_out,
+                    tokens_cached = usage.and_then(|u| u.cached_tokens),
+                    tokens_per_sec,
+                    finish_reason = self.stats.finish.map(FinishReason::as_str),
+                    "request"
+                )
+            };
+        }
+        if self.status >= 500 || result == "client_closed" {
+            line!(tracing::Level::WARN);
+        } else {
+            line!(tracing::Level::INFO);
+        }
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        if !self.emitted {
+            self.emit("client_closed");
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}

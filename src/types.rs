@@ -1,0 +1,340 @@
+//! Canonical types: the only language the router, limits and telemetry speak.
+//!
+//! Their serde shape is the OpenAI Chat Completions shape, because that is the dialect most
+//! clients and most upstreams speak; other dialects convert to and from these types in
+//! [`crate::wire`]. Fields a dialect does not model (e.g. OpenAI `seed`, `logprobs`,
+//! `response_format`) are kept verbatim in `extra` and passed through untouched.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A chat request after decoding, before routing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatRequest {
+    #[serde(default)]
+    pub model: String,
+    pub messages: Vec<Message>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Stop>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<Tool>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    /// Every other field, passed through verbatim to upstreams that understand it.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl ChatRequest {
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    /// Whether the client asked for the final usage chunk of a stream.
+    pub fn wants_stream_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+
+    /// The completion budget the client gave, under either of OpenAI's two names.
+    pub fn max_output_tokens(&self) -> Option<u64> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    pub fn has_tools(&self) -> bool {
+        self.tools.as_ref().is_some_and(|t| !t.is_empty())
+            && !matches!(&self.tool_choice, Some(ToolChoice::Mode(m)) if m == "none")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_usage: Option<bool>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+    Function,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Content>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Message {
+    /// All text of the message, parts joined; images and other parts are skipped.
+    pub fn text(&self) -> String {
+        match &self.content {
+            None => String::new(),
+            Some(Content::Text(t)) => t.clone(),
+            Some(Content::Parts(parts)) => parts
+                .iter()
+                .filter_map(|p| match p {
+                    ContentPart::Text { text } => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum ContentPart {
+    #[serde(rename = "text")]
+    Text { text: String },
+    #[serde(rename = "image_url")]
+    ImageUrl { image_url: ImageUrl },
+    /// Audio, files, refusals and whatever OpenAI adds next: kept as sent.
+    #[serde(untagged)]
+    Other(Map<String, Value>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageUrl {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tool {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<FunctionDef>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionDef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ToolChoice {
+    /// `none`, `auto` or `required`.
+    Mode(String),
+    Named(Map<String, Value>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type", default = "function_type")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+fn function_type() -> String {
+    "function".to_owned()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    #[serde(default)]
+    pub arguments: String,
+}
+
+/// Why generation stopped, normalized across providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+    ToolCalls,
+    ContentFilter,
+    /// A reason we do not model; reported as `stop` to clients, which is what it is.
+    Other,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop | FinishReason::Other => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::ContentFilter => "content_filter",
+        }
+    }
+
+    pub fn from_openai(s: &str) -> Self {
+        match s {
+            "stop" => FinishReason::Stop,
+            "length" => FinishReason::Length,
+            "tool_calls" | "function_call" => FinishReason::ToolCalls,
+            "content_filter" => FinishReason::ContentFilter,
+            _ => FinishReason::Other,
+        }
+    }
+}
+
+/// Token counts of one response. Optional details stay `None` when the upstream did not
+/// report them, so "zero" and "unknown" are never confused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
+}
+
+/// The assistant's reply, complete.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AssistantMessage {
+    pub content: Option<String>,
+    pub reasoning: Option<String>,
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// A complete (non-streaming) response in canonical form.
+#[derive(Debug, Clone)]
+pub struct ChatResponse {
+    pub id: String,
+    pub model: String,
+    pub created: u64,
+    pub message: AssistantMessage,
+    pub finish_reason: Option<FinishReason>,
+    pub usage: Option<Usage>,
+    /// The upstream's own body when it already speaks the OpenAI dialect: the OpenAI
+    /// endpoint returns it verbatim (all fields, all choices) instead of re-encoding.
+    pub raw_openai: Option<bytes::Bytes>,
+}
+
+/// The streaming normalizer's vocabulary: everything any provider can say mid-stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatEvent {
+    TextDelta(String),
+    ReasoningDelta(String),
+    /// First fragment of a tool call: its id and name. `index` counts from 0 per response.
+    ToolCallStart {
+        index: u32,
+        id: String,
+        name: String,
+    },
+    /// A piece of a tool call's JSON arguments, to be concatenated per `index`.
+    ToolCallArgs {
+        index: u32,
+        fragment: String,
+    },
+    Usage(Usage),
+    Finish(FinishReason),
+}
+
+impl ChatEvent {
+    /// Whether this event carries model output (what time-to-first-token measures).
+    pub fn is_content(&self) -> bool {
+        matches!(
+            self,
+            ChatEvent::TextDelta(_)
+                | ChatEvent::ReasoningDelta(_)
+                | ChatEvent::ToolCallStart { .. }
+                | ChatEvent::ToolCallArgs { .. }
+        )
+    }
+}
+
+/// One decoded upstream stream element: canonical events plus, when the upstream spoke the
+/// OpenAI dialect, the chunk's JSON exactly as received so the OpenAI endpoint can forward
+/// it without re-serializing.
+#[derive(Debug, Clone, Default)]
+pub struct StreamChunk {
+    pub events: Vec<ChatEvent>,
+    pub raw_openai: Option<bytes::Bytes>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_round_trip() {
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi","x_custom":1}],
+            "seed":7,"response_format":{"type":"json_object"},"stream_options":{"include_usage":true}}"#;
+        let req: ChatRequest = serde_json::from_str(body).unwrap();
+        assert_eq!(req.extra["seed"], 7);
+        assert!(req.wants_stream_usage());
+        let back = serde_json::to_value(&req).unwrap();
+        assert_eq!(back["response_format"]["type"], "json_object");
+        assert_eq!(back["messages"][0]["x_custom"], 1);
+    }
+
+    #[test]
+    fn content_parts_keep_unknown_types() {
+        let m: Message = serde_json::from_str(
+            r#"{"role":"user","content":[{"type":"text","text":"a"},
+                {"type":"image_url","image_url":{"url":"data:x"}},
+                {"type":"input_audio","input_audio":{"data":"..","format":"wav"}}]}"#,
+        )
+        .unwrap();
+        let Some(Content::Parts(parts)) = &m.content else {
+            panic!("parts expected")
+        };
+        assert!(matches!(parts[2], ContentPart::Other(_)));
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["content"][2]["type"], "input_audio");
+        assert_eq!(m.text(), "a");
+    }
+}

@@ -123,8 +123,9 @@ pub async fn chat_completions(
                 out
             }
             Err(e) => {
+                let outcome = log.outcome.clone();
                 let mut resp = fail(log, e, &ctx);
-                resp.extensions_mut().insert(Logged);
+                routing_headers(resp.headers_mut(), &req.model, &outcome);
                 resp
             }
         }
@@ -144,7 +145,12 @@ async fn stream_response(
     log.outcome = outcome;
     let open = match opened {
         Ok(o) => o,
-        Err(e) => return fail(log, e, &ctx),
+        Err(e) => {
+            let outcome = log.outcome.clone();
+            let mut resp = fail(log, e, &ctx);
+            routing_headers(resp.headers_mut(), &req.model, &outcome);
+            return resp;
+        }
     };
     let mut headers = HeaderMap::new();
     routing_headers(&mut headers, &req.model, &log.outcome);

@@ -28,8 +28,9 @@ struct File {
     default_provider: Option<String>,
     #[serde(default)]
     default_model: Option<String>,
+    /// Kept as a YAML mapping so providers stay in file order (listings follow it).
     #[serde(default)]
-    providers: BTreeMap<String, Provider>,
+    providers: serde_yaml_ng::Mapping,
     #[serde(default)]
     models: Vec<Model>,
     #[serde(default)]
@@ -124,6 +125,27 @@ pub(super) fn load(
     s.default_provider = f.default_provider;
     s.default_model = f.default_model;
     for (name, p) in f.providers {
+        let name = match name {
+            Value::String(n) => n,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "providers".into(),
+                    message: format!("provider names must be strings, got {other:?}"),
+                });
+            }
+        };
+        let p: Provider = from_value(p, file).map_err(|e| match e {
+            ConfigError::Key { file, key, message } => ConfigError::Key {
+                file,
+                key: if key == "(top level)" {
+                    format!("providers.{name}")
+                } else {
+                    format!("providers.{name}.{key}")
+                },
+                message,
+            },
+            other => other,
+        })?;
         s.providers.push(provider(name, p)?);
     }
     for m in f.models {

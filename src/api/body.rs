@@ -52,15 +52,20 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProxyError> {
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let message = match inner.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                format!("request body is not valid JSON: {inner}")
-            }
-            _ if path == "." => format!("request body must be a JSON object: {inner}"),
-            _ => format!("invalid value for `{path}`: {inner}"),
+        let syntax = matches!(
+            inner.classify(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+        );
+        let located = !syntax && path != "." && !path.contains('?');
+        let message = if syntax {
+            format!("request body is not valid JSON: {inner}")
+        } else if located {
+            format!("invalid value for `{path}`: {inner}")
+        } else {
+            format!("request body must be a JSON object with `model` and `messages`: {inner}")
         };
         let mut err = ProxyError::new(ErrorCode::InvalidRequest, message);
-        if path != "." {
+        if located {
             err.param = Some(path);
         }
         err

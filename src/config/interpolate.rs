@@ -41,6 +41,55 @@ impl EnvSource for Layered<'_> {
     }
 }
 
+const PLACEHOLDER: &str = "__llm_proxy_env_ref_";
+
+/// Replaces each `${…}` in raw config text with a placeholder made only of letters, digits
+/// and underscores. Plain YAML does not allow `{`/`}` inside flow mappings, yet configs
+/// commonly write `{ api_key: ${OPENAI_API_KEY} }`; protecting the references first lets
+/// such files parse. [`restore`] puts them back in the parsed tree, before interpolation,
+/// so a variable's value can never change the YAML structure.
+pub fn protect(text: &str) -> (String, Vec<String>) {
+    let mut out = String::with_capacity(text.len());
+    let mut refs = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let Some(len) = rest[start..].find('}') else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        let reference = &rest[start..start + len + 1];
+        if reference.contains('\n') {
+            out.push_str("${");
+            rest = &rest[start + 2..];
+            continue;
+        }
+        out.push_str(&format!("{PLACEHOLDER}{}__", refs.len()));
+        refs.push(reference.to_owned());
+        rest = &rest[start + len + 1..];
+    }
+    out.push_str(rest);
+    (out, refs)
+}
+
+/// Puts protected references back into every string of the tree.
+pub fn restore(value: &mut Value, refs: &[String]) {
+    if refs.is_empty() {
+        return;
+    }
+    match value {
+        Value::String(s) if s.contains(PLACEHOLDER) => {
+            // Highest index first, so `…_1__` never matches inside `…_11__`.
+            for (i, r) in refs.iter().enumerate().rev() {
+                *s = s.replace(&format!("{PLACEHOLDER}{i}__"), r);
+            }
+        }
+        Value::Sequence(items) => items.iter_mut().for_each(|v| restore(v, refs)),
+        Value::Mapping(map) => map.iter_mut().for_each(|(_, v)| restore(v, refs)),
+        Value::Tagged(t) => restore(&mut t.value, refs),
+        _ => {}
+    }
+}
+
 /// Interpolates every string in `value`, in place. `path` names the key for errors.
 pub fn interpolate(value: &mut Value, path: &str, env: &dyn EnvSource) -> Result<(), ConfigError> {
     match value {
@@ -167,6 +216,18 @@ mod tests {
         let err = interpolate(&mut v, "", &env()).unwrap_err().to_string();
         assert!(err.contains("OPENAI_KEY_X"), "{err}");
         assert!(err.contains("providers.openai.api_key"), "{err}");
+    }
+
+    #[test]
+    fn references_in_flow_mappings_survive_parsing() {
+        let text = "p: { a: ${KEY}, b: x${KEY}y, c: \"${KEY:-d}\" }\n";
+        let (safe, refs) = protect(text);
+        let mut v: Value = serde_yaml_ng::from_str(&safe).unwrap();
+        restore(&mut v, &refs);
+        interpolate(&mut v, "", &env()).unwrap();
+        assert_eq!(v["p"]["a"].as_str(), Some("v1"));
+        assert_eq!(v["p"]["b"].as_str(), Some("xv1y"));
+        assert_eq!(v["p"]["c"].as_str(), Some("v1"));
     }
 
     #[test]

@@ -35,6 +35,8 @@ struct File {
 struct Entry {
     model_name: String,
     litellm_params: Params,
+    #[serde(default)]
+    model_info: BTreeMap<String, Value>,
     #[serde(flatten)]
     rest: BTreeMap<String, Value>,
 }
@@ -45,7 +47,6 @@ struct Params {
     api_base: Option<String>,
     api_key: Option<String>,
     api_version: Option<String>,
-    max_tokens: Option<u64>,
     #[serde(flatten)]
     rest: BTreeMap<String, Value>,
 }
@@ -60,7 +61,7 @@ fn no_op_reason(key: &str) -> Option<&'static str> {
         "disable_spend_logs" | "disable_error_logs" | "telemetry" => {
             "llm-proxy has no such logs to turn off"
         }
-        "model_info" => "model metadata is not used",
+        "id" | "mode" | "base_model" | "description" => "model metadata is not used",
         _ => return None,
     })
 }
@@ -160,6 +161,13 @@ pub(super) fn load(
     for (i, e) in f.model_list.into_iter().enumerate() {
         let key = format!("model_list[{i}]");
         warn_unused(&mut s.warnings, &key, &e.rest);
+        let mut info = e.model_info;
+        // `model_info.max_tokens` is the model's capacity, as `/llm/models` reports it.
+        let max_tokens = match info.remove("max_tokens") {
+            Some(v) => Some(number(&v, &format!("{key}.model_info.max_tokens"))? as u64),
+            None => None,
+        };
+        warn_unused(&mut s.warnings, &format!("{key}.model_info"), &info);
         let p = e.litellm_params;
         warn_unused(&mut s.warnings, &format!("{key}.litellm_params"), &p.rest);
         let (kind, upstream) = split_model(&p.model).ok_or_else(|| ConfigError::Invalid {
@@ -209,7 +217,7 @@ pub(super) fn load(
             name: e.model_name,
             provider: name,
             model: upstream,
-            max_tokens: p.max_tokens,
+            max_tokens,
         });
     }
     Ok(s)

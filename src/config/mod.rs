@@ -85,14 +85,15 @@ pub enum ProviderKind {
 impl ProviderKind {
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
-            "openai" | "openai_compatible" | "custom_openai" | "hosted_vllm" | "llamacpp"
-            | "litellm_proxy" => ProviderKind::OpenAi,
+            "openai" | "openai_compatible" | "custom_openai" | "llamacpp" | "litellm_proxy" => {
+                ProviderKind::OpenAi
+            }
             "mock" => ProviderKind::Mock,
             "anthropic" => ProviderKind::Anthropic,
             "azure" | "azure_openai" => ProviderKind::Azure,
             "gemini" | "google" => ProviderKind::Gemini,
             "ollama" | "ollama_chat" => ProviderKind::Ollama,
-            "vllm" => ProviderKind::Vllm,
+            "vllm" | "hosted_vllm" => ProviderKind::Vllm,
             "lm_studio" | "lmstudio" => ProviderKind::LmStudio,
             "deepseek" => ProviderKind::DeepSeek,
             "mistral" => ProviderKind::Mistral,
@@ -386,11 +387,13 @@ pub fn load(path: Option<&Path>, env: &dyn EnvSource) -> Result<Settings, Config
 
 /// Parses config text, auto-detecting the format: a top-level `model_list` means LiteLLM.
 pub fn load_str(text: &str, file: &str, env: &dyn EnvSource) -> Result<Settings, ConfigError> {
-    let value: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml {
+    let (safe, refs) = interpolate::protect(text);
+    let mut value: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&safe).map_err(|e| ConfigError::Yaml {
             file: file.to_owned(),
             message: e.to_string(),
         })?;
+    interpolate::restore(&mut value, &refs);
     let value = match value {
         serde_yaml_ng::Value::Null => serde_yaml_ng::Value::Mapping(Default::default()),
         v @ serde_yaml_ng::Value::Mapping(_) => v,

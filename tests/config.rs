@@ -38,7 +38,7 @@ fn both_formats_load_to_the_same_routing_table() {
     let litellm = load_file("litellm-config.yaml", &e).unwrap();
     assert_eq!(native.format, ConfigFormat::Native);
     assert_eq!(litellm.format, ConfigFormat::LiteLlm);
-    assert_eq!(native.routes().len(), 4);
+    assert_eq!(native.routes().len(), 3);
     assert_eq!(native.routes(), litellm.routes());
     assert_eq!(
         native

@@ -1,0 +1,188 @@
+//! The real binary: `check-config`, start-up refusals, and a log capture that proves no key
+//! ever reaches the logs.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const BIN: &str = env!("CARGO_BIN_EXE_llm-proxy");
+const MASTER: &str = "master-secret-5d0c1b7e";
+const UPSTREAM_KEY: &str = "sk-upstream-9a8b7c6d5e4f3a2b";
+
+fn temp_config(text: &str) -> tempfile_path::TempPath {
+    tempfile_path::write(text)
+}
+
+/// A tiny self-cleaning temp file, to avoid a dependency for one helper.
+mod tempfile_path {
+    use std::path::PathBuf;
+    pub struct TempPath(pub PathBuf);
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    pub fn write(text: &str) -> TempPath {
+        let p = std::env::temp_dir().join(format!("llm-proxy-test-{}.yaml", uuid::Uuid::new_v4()));
+        std::fs::write(&p, text).unwrap();
+        TempPath(p)
+    }
+}
+
+#[test]
+fn check_config_prints_models_and_masks_secrets() {
+    let cfg = temp_config(&format!(
+        "auth: {{ master_key: ${{MK}} }}\nproviders:\n  up: {{ kind: openai, base_url: 'http://127.0.0.1:9/v1', api_key: ${{UK}} }}\n  mock: {{ kind: mock }}\n\
+         models: [ {{ name: gpt-x, provider: up, model: gpt-4o }}, {{ name: mock-small, provider: mock }} ]\n"
+    ));
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg.0)
+        .env("MK", MASTER)
+        .env("UK", UPSTREAM_KEY)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("gpt-x") && text.contains("up/gpt-4o"), "{text}");
+    assert!(text.contains("***"), "{text}");
+    assert!(text.contains("config OK"), "{text}");
+    assert!(!text.contains(MASTER) && !text.contains(UPSTREAM_KEY), "{text}");
+}
+
+#[test]
+fn check_config_fails_naming_the_key() {
+    let cfg = temp_config("providers: { p: { kind: openai, base_url: 'http://x/v1', api_key: ${NOT_SET_ANYWHERE_42} } }\n");
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg.0)
+        .env_remove("NOT_SET_ANYWHERE_42")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("NOT_SET_ANYWHERE_42") && err.contains("providers.p.api_key"), "{err}");
+}
+
+#[test]
+fn refuses_a_public_address_without_a_key() {
+    let out = std::process::Command::new(BIN)
+        .args(["--host", "0.0.0.0", "--port", "0"])
+        .env_remove("LLM_PROXY__INTERNAL_API_KEY")
+        .env_remove("LLM_PROXY__CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("refusing") && text.contains("--allow-unauthenticated"), "{text}");
+}
+
+#[test]
+fn help_explains_both_commands_and_the_environment() {
+    let out = std::process::Command::new(BIN).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["check-config", "--config", "--port", "LLM_PROXY__INTERNAL_API_KEY", "LLM_PROXY__LOG_LEVEL"] {
+        assert!(text.contains(needle), "--help lacks {needle}");
+    }
+}
+
+#[tokio::test]
+async fn logs_have_one_line_per_request_and_never_a_key() {
+    let up = fake_upstream().await;
+    let cfg = temp_config(&format!(
+        "auth: {{ master_key: ${{MK}} }}\nproviders:\n  up: {{ kind: openai, base_url: '{}', api_key: ${{UK}} }}\n\
+         models: [ {{ name: chat, provider: up, model: ok }}, {{ name: echo, provider: up, model: echo-key }}, {{ name: tools, provider: up, model: tools }} ]\n\
+         routing: {{ retry_backoff: 1ms }}\n",
+        up.base_url()
+    ));
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg.0)
+        .args(["--port", "0"])
+        .env("MK", MASTER)
+        .env("UK", UPSTREAM_KEY)
+        .env("LLM_PROXY__LOG_LEVEL", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let url = loop {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("proxy exited before listening");
+        log.push(line.clone());
+        if let Some(i) = line.find("listening on http://") {
+            let rest = &line[i + "listening on ".len()..];
+            break rest.split('"').next().unwrap().to_owned();
+        }
+    };
+    let c = client();
+    let post = |model: &str, stream: bool, key: &str| {
+        c.post(format!("{url}/v1/chat/completions"))
+            .header("authorization", format!("Bearer {key}"))
+            .header("x-request-id", format!("req-{model}-{stream}-{}", key.len()))
+            .json(&json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    assert_eq!(post("chat", false, MASTER).await.unwrap().status(), 200);
+    let s = post("tools", true, MASTER).await.unwrap();
+    assert_eq!(s.status(), 200);
+    s.text().await.unwrap();
+    assert_eq!(post("chat", false, "wrong-key-that-must-not-be-logged").await.unwrap().status(), 401);
+    assert_eq!(post("echo", false, MASTER).await.unwrap().status(), 502);
+
+    // SIGTERM: graceful shutdown, then read everything it wrote.
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "graceful shutdown exits 0");
+    while let Ok(Some(line)) = lines.next_line().await {
+        log.push(line);
+    }
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).await.unwrap();
+    let all = format!("{}\n{stderr}", log.join("\n"));
+    for secret in [MASTER, UPSTREAM_KEY, "wrong-key-that-must-not-be-logged"] {
+        assert!(!all.contains(secret), "secret {secret} leaked into the logs");
+    }
+
+    let requests: Vec<Value> = log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "llm_proxy::request")
+        .collect();
+    let by_id = |id: &str| {
+        let found: Vec<&Value> = requests.iter().filter(|v| v["request_id"] == id).collect();
+        assert_eq!(found.len(), 1, "exactly one line for {id}: {requests:?}");
+        found[0].clone()
+    };
+    let ok = by_id(&format!("req-chat-false-{}", MASTER.len()));
+    assert_eq!(ok["model"], "chat");
+    assert_eq!(ok["provider"], "up");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["tokens_in"], 9);
+    assert_eq!(ok["tokens_out"], 3);
+    assert!(ok["latency_ms"].is_number());
+    let stream = by_id(&format!("req-tools-true-{}", MASTER.len()));
+    assert_eq!(stream["stream"], true);
+    assert!(stream["ttft_ms"].is_number());
+    assert_eq!(stream["finish_reason"], "tool_calls");
+    assert_eq!(stream["tokens_out"], 3);
+    let err = by_id(&format!("req-echo-false-{}", MASTER.len()));
+    assert_eq!(err["status"], 502);
+    assert_eq!(err["error_code"], "PROVIDER_ERROR");
+    assert_eq!(err["level"], "WARN");
+    let denied = by_id(&format!("req-chat-false-{}", "wrong-key-that-must-not-be-logged".len()));
+    assert_eq!(denied["status"], 401);
+}

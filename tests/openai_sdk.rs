@@ -1,0 +1,41 @@
+//! The official `openai` Python SDK pointed at the proxy can chat, stream and call tools
+//! against the built-in mock. `scripts/test` provides a Python with the SDK installed and
+//! sets LLM_PROXY_REQUIRE_SDK=1, so there this test cannot be skipped.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+
+#[tokio::test]
+async fn official_openai_python_sdk_works_against_the_mock() {
+    let python = std::env::var("LLM_PROXY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let required = std::env::var("LLM_PROXY_REQUIRE_SDK").is_ok_and(|v| v == "1");
+    let has_sdk = std::process::Command::new(&python)
+        .args(["-c", "import openai"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_sdk {
+        assert!(!required, "{python} cannot import openai; run scripts/test, which installs it");
+        eprintln!("skipped: {python} has no openai SDK (scripts/test installs it)");
+        return;
+    }
+    let key = "sdk-test-master-key";
+    let env = HashMap::from([("LLM_PROXY__INTERNAL_API_KEY".to_string(), key.to_string())]);
+    let mut s = llm_proxy::config::load(None, &env).unwrap();
+    s.server.port = 0;
+    let px = llm_proxy::server::spawn(&s).await.unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_sdk_check.py");
+    let out = tokio::process::Command::new(&python)
+        .arg(script)
+        .arg(format!("{}/v1", px.url()))
+        .arg(key)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "SDK check failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("checks passed"), "{stdout}");
+    eprintln!("{stdout}");
+}

@@ -48,17 +48,29 @@ fn check_config_prints_models_and_masks_secrets() {
         .env("UK", UPSTREAM_KEY)
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("gpt-x") && text.contains("up/gpt-4o"), "{text}");
+    assert!(
+        text.contains("gpt-x") && text.contains("up/gpt-4o"),
+        "{text}"
+    );
     assert!(text.contains("***"), "{text}");
     assert!(text.contains("config OK"), "{text}");
-    assert!(!text.contains(MASTER) && !text.contains(UPSTREAM_KEY), "{text}");
+    assert!(
+        !text.contains(MASTER) && !text.contains(UPSTREAM_KEY),
+        "{text}"
+    );
 }
 
 #[test]
 fn check_config_fails_naming_the_key() {
-    let cfg = temp_config("providers: { p: { kind: openai, base_url: 'http://x/v1', api_key: ${NOT_SET_ANYWHERE_42} } }\n");
+    let cfg = temp_config(
+        "providers: { p: { kind: openai, base_url: 'http://x/v1', api_key: ${NOT_SET_ANYWHERE_42} } }\n",
+    );
     let out = std::process::Command::new(BIN)
         .args(["check-config", "--config"])
         .arg(&cfg.0)
@@ -67,7 +79,10 @@ fn check_config_fails_naming_the_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("NOT_SET_ANYWHERE_42") && err.contains("providers.p.api_key"), "{err}");
+    assert!(
+        err.contains("NOT_SET_ANYWHERE_42") && err.contains("providers.p.api_key"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -80,14 +95,26 @@ fn refuses_a_public_address_without_a_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("refusing") && text.contains("--allow-unauthenticated"), "{text}");
+    assert!(
+        text.contains("refusing") && text.contains("--allow-unauthenticated"),
+        "{text}"
+    );
 }
 
 #[test]
 fn help_explains_both_commands_and_the_environment() {
-    let out = std::process::Command::new(BIN).arg("--help").output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for needle in ["check-config", "--config", "--port", "LLM_PROXY__INTERNAL_API_KEY", "LLM_PROXY__LOG_LEVEL"] {
+    for needle in [
+        "check-config",
+        "--config",
+        "--port",
+        "LLM_PROXY__INTERNAL_API_KEY",
+        "LLM_PROXY__LOG_LEVEL",
+    ] {
         assert!(text.contains(needle), "--help lacks {needle}");
     }
 }
@@ -139,22 +166,39 @@ async fn logs_have_one_line_per_request_and_never_a_key() {
     let s = post("tools", true, MASTER).await.unwrap();
     assert_eq!(s.status(), 200);
     s.text().await.unwrap();
-    assert_eq!(post("chat", false, "wrong-key-that-must-not-be-logged").await.unwrap().status(), 401);
+    assert_eq!(
+        post("chat", false, "wrong-key-that-must-not-be-logged")
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
     assert_eq!(post("echo", false, MASTER).await.unwrap().status(), 502);
 
     // SIGTERM: graceful shutdown, then read everything it wrote.
     let pid = child.id().unwrap();
-    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "graceful shutdown exits 0");
     while let Ok(Some(line)) = lines.next_line().await {
         log.push(line);
     }
     let mut stderr = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).await.unwrap();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
+        .await
+        .unwrap();
     let all = format!("{}\n{stderr}", log.join("\n"));
     for secret in [MASTER, UPSTREAM_KEY, "wrong-key-that-must-not-be-logged"] {
-        assert!(!all.contains(secret), "secret {secret} leaked into the logs");
+        assert!(
+            !all.contains(secret),
+            "secret {secret} leaked into the logs"
+        );
     }
 
     let requests: Vec<Value> = log
@@ -183,6 +227,9 @@ async fn logs_have_one_line_per_request_and_never_a_key() {
     assert_eq!(err["status"], 502);
     assert_eq!(err["error_code"], "PROVIDER_ERROR");
     assert_eq!(err["level"], "WARN");
-    let denied = by_id(&format!("req-chat-false-{}", "wrong-key-that-must-not-be-logged".len()));
+    let denied = by_id(&format!(
+        "req-chat-false-{}",
+        "wrong-key-that-must-not-be-logged".len()
+    ));
     assert_eq!(denied["status"], 401);
 }

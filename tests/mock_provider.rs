@@ -16,7 +16,12 @@ async fn default_proxy() -> llm_proxy::server::RunningServer {
 }
 
 async fn post(url: &str, body: &Value) -> reqwest::Response {
-    client().post(format!("{url}/v1/chat/completions")).json(body).send().await.unwrap()
+    client()
+        .post(format!("{url}/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
 }
 
 fn ask(model: &str, prompt: &str) -> Value {
@@ -32,10 +37,27 @@ fn weather_tool() -> Value {
 #[tokio::test]
 async fn replies_are_deterministic_per_prompt() {
     let px = default_proxy().await;
-    let a: Value = post(&px.url(), &ask("mock-small", "Explain RAG")).await.json().await.unwrap();
-    let b: Value = post(&px.url(), &ask("mock-small", "Explain RAG")).await.json().await.unwrap();
-    let c: Value = post(&px.url(), &ask("mock-small", "Something else entirely")).await.json().await.unwrap();
-    let text = |v: &Value| v["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+    let a: Value = post(&px.url(), &ask("mock-small", "Explain RAG"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let b: Value = post(&px.url(), &ask("mock-small", "Explain RAG"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let c: Value = post(&px.url(), &ask("mock-small", "Something else entirely"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let text = |v: &Value| {
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
     assert_eq!(text(&a), text(&b));
     assert_ne!(text(&a), text(&c));
     assert!(text(&a).contains("Explain RAG"));
@@ -63,8 +85,12 @@ async fn tools_get_a_schema_shaped_call_then_a_reply_to_the_result() {
     assert_eq!(choice["finish_reason"], "tool_calls");
     let call = &choice["message"]["tool_calls"][0];
     assert_eq!(call["function"]["name"], "get_weather");
-    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
-    assert!(args["city"].is_string() && args["days"].is_number(), "{args}");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(
+        args["city"].is_string() && args["days"].is_number(),
+        "{args}"
+    );
 
     // Streaming gives the same call in deltas.
     body["stream"] = json!(true);
@@ -72,7 +98,8 @@ async fn tools_get_a_schema_shaped_call_then_a_reply_to_the_result() {
     let mut streamed = String::new();
     for e in &events[..events.len() - 1] {
         let c: Value = serde_json::from_str(e).unwrap();
-        if let Some(a) = c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str() {
+        if let Some(a) = c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+        {
             streamed.push_str(a);
         }
     }
@@ -85,7 +112,12 @@ async fn tools_get_a_schema_shaped_call_then_a_reply_to_the_result() {
         {"role": "tool", "tool_call_id": call["id"], "content": "sunny, 21C"}]});
     let v: Value = post(&px.url(), &follow).await.json().await.unwrap();
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
-    assert!(v["choices"][0]["message"]["content"].as_str().unwrap().contains("sunny"));
+    assert!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("sunny")
+    );
 }
 
 #[tokio::test]
@@ -105,7 +137,11 @@ async fn pacing_from_the_model_name_is_honoured() {
     }
     assert!(first.contains("content"));
     assert_eq!(n, 5);
-    assert!(t.elapsed() >= Duration::from_millis(300), "tokens were not paced: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "tokens were not paced: {:?}",
+        t.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -118,7 +154,10 @@ async fn faults_drop_and_fail_first() {
     let mut body = ask("drop", "x");
     body["stream"] = json!(true);
     let events = sse_events(post(&px.url(), &body).await).await;
-    assert!(events.iter().any(|e| e.contains("\"content\"")), "some content before the drop");
+    assert!(
+        events.iter().any(|e| e.contains("\"content\"")),
+        "some content before the drop"
+    );
     let err: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(err["error"]["code"], "PROVIDER_ERROR");
 

@@ -16,7 +16,10 @@ async fn official_openai_python_sdk_works_against_the_mock() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_sdk {
-        assert!(!required, "{python} cannot import openai; run scripts/test, which installs it");
+        assert!(
+            !required,
+            "{python} cannot import openai; run scripts/test, which installs it"
+        );
         eprintln!("skipped: {python} has no openai SDK (scripts/test installs it)");
         return;
     }
@@ -35,7 +38,10 @@ async fn official_openai_python_sdk_works_against_the_mock() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "SDK check failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "SDK check failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("checks passed"), "{stdout}");
     eprintln!("{stdout}");
 }

@@ -37,10 +37,10 @@ mod tempfile_path {
 
 #[test]
 fn check_config_prints_models_and_masks_secrets() {
-    let cfg = temp_config(&format!(
-        "auth: {{ master_key: ${{MK}} }}\nproviders:\n  up: {{ kind: openai, base_url: 'http://127.0.0.1:9/v1', api_key: ${{UK}} }}\n  mock: {{ kind: mock }}\n\
-         models: [ {{ name: gpt-x, provider: up, model: gpt-4o }}, {{ name: mock-small, provider: mock }} ]\n"
-    ));
+    let cfg = temp_config(
+        "auth: { master_key: ${MK} }\nproviders:\n  up: { kind: openai, base_url: 'http://127.0.0.1:9/v1', api_key: ${UK} }\n  mock: { kind: mock }\n\
+         models: [ { name: gpt-x, provider: up, model: gpt-4o }, { name: mock-small, provider: mock } ]\n",
+    );
     let out = std::process::Command::new(BIN)
         .args(["check-config", "--config"])
         .arg(&cfg.0)

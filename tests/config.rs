@@ -254,16 +254,36 @@ fn embedded_default_serves_the_mock_on_8002() {
 }
 
 #[test]
-fn unsupported_kinds_are_refused_at_start_with_a_clear_error() {
+fn the_spec_example_builds_a_router_for_every_provider_kind() {
     let s = load_file("spec-config.yaml", &example_env()).unwrap();
-    let msg = match llm_proxy::router::Router::new(&s) {
-        Ok(_) => panic!("anthropic should not be served by this build yet"),
-        Err(e) => e.to_string(),
-    };
-    assert!(
-        msg.contains("providers.anthropic") && msg.contains("not supported"),
-        "{msg}"
-    );
+    let router = llm_proxy::router::Router::new(&s).unwrap();
+    let kinds: Vec<&str> = router
+        .providers()
+        .iter()
+        .map(|p| p.provider.kind())
+        .collect();
+    assert_eq!(kinds, ["openai", "anthropic", "openai", "mock"]);
+}
+
+#[test]
+fn azure_needs_its_endpoint_and_api_version_only_applies_to_azure() {
+    let env = HashMap::new();
+    let msg = config::load_str(
+        "providers:\n  az: { kind: azure, api_key: k }\n",
+        "t.yaml",
+        &env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(msg.contains("providers.az.base_url"), "{msg}");
+    let msg = config::load_str(
+        "providers:\n  o: { kind: openai, api_version: 2024-10-21 }\n",
+        "t.yaml",
+        &env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(msg.contains("providers.o.api_version"), "{msg}");
 }
 
 #[test]

@@ -3,9 +3,11 @@
 
 mod auth;
 mod body;
-mod chat;
 mod error;
+mod messages;
 mod models;
+mod openai;
+mod serve;
 mod validate;
 
 use std::sync::Arc;
@@ -142,8 +144,10 @@ async fn not_found(ctx: RequestCtx, method: Method, uri: http::Uri) -> ApiError 
 /// Builds the HTTP application.
 pub fn app(state: Arc<AppState>) -> HttpRouter {
     let protected = HttpRouter::new()
-        .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/chat/completions", post(chat::chat_completions))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/chat/completions", post(openai::chat_completions))
+        .route("/v1/messages", post(messages::messages))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/models", get(models::openai_models))
         .route("/models", get(models::openai_models))
         .route("/v1/llm/models", get(models::llm_models))

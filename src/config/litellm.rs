@@ -179,7 +179,8 @@ pub(super) fn load(
         })?;
         if kind == ProviderKind::Azure && p.api_version.is_none() {
             s.warnings.push(format!(
-                "`{key}.litellm_params.api_version` is not set; azure deployments need one"
+                "`{key}.litellm_params.api_version` is not set; using {}",
+                crate::providers::openai::AZURE_DEFAULT_API_VERSION
             ));
         }
         if kind != ProviderKind::Azure && p.api_version.is_some() {
@@ -210,6 +211,11 @@ pub(super) fn load(
                 base_url: base.or_else(|| kind.default_base_url().map(str::to_owned)),
                 api_key: secret_from(p.api_key),
                 headers: Vec::new(),
+                api_version: p
+                    .api_version
+                    .clone()
+                    .filter(|_| kind == ProviderKind::Azure),
+                discover_models: false,
                 mock: MockSettings::default(),
             });
         }

@@ -215,6 +215,10 @@ pub struct ProviderSettings {
     pub api_key: Option<Secret>,
     /// Extra headers sent upstream (values may be credentials, so they are secrets).
     pub headers: Vec<(String, Secret)>,
+    /// Azure OpenAI's `api-version` query parameter (required for classic deployment URLs).
+    pub api_version: Option<String>,
+    /// Ask the provider which models it serves (in the background) and list them too.
+    pub discover_models: bool,
     pub mock: MockSettings,
 }
 

@@ -60,6 +60,10 @@ struct Provider {
     api_key: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// Azure only.
+    api_version: Option<String>,
+    #[serde(default)]
+    discover_models: bool,
     // Mock-only knobs.
     tokens: Option<u32>,
     #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
@@ -252,6 +256,18 @@ fn provider(name: String, p: Provider) -> Result<ProviderSettings, ConfigError> 
             message: "only applies to providers of kind `mock`".into(),
         });
     }
+    if p.api_version.is_some() && kind != ProviderKind::Azure {
+        return Err(ConfigError::Invalid {
+            key: format!("providers.{name}.api_version"),
+            message: "only applies to providers of kind `azure`".into(),
+        });
+    }
+    if kind == ProviderKind::Azure && p.base_url.is_none() {
+        return Err(ConfigError::Invalid {
+            key: format!("providers.{name}.base_url"),
+            message: "azure needs the resource endpoint, e.g. https://NAME.openai.azure.com".into(),
+        });
+    }
     let base_url = p
         .base_url
         .filter(|u| !u.trim().is_empty())
@@ -266,6 +282,8 @@ fn provider(name: String, p: Provider) -> Result<ProviderSettings, ConfigError> 
             .into_iter()
             .map(|(k, v)| (k, Secret::new(v)))
             .collect(),
+        api_version: p.api_version,
+        discover_models: p.discover_models,
         mock,
     })
 }

@@ -126,6 +126,9 @@ pub async fn status_error(resp: reqwest::Response, key: Option<&Secret>) -> Upst
         &crate::wire::openai::error_message_from_body(&body),
         key.as_slice(),
     );
+    if status == 400 && crate::wire::openai::is_content_filter_error(&body) {
+        return UpstreamError::ContentFilter(message);
+    }
     UpstreamError::Status {
         status,
         message,

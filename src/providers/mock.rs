@@ -246,6 +246,7 @@ impl MockProvider {
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
             cached_tokens: None,
+            cache_creation_tokens: None,
             reasoning_tokens: s.reasoning.then_some(5),
         }));
         let drop_after = (s.fault == Some(Fault::Drop)).then(|| (events.len() / 2).max(1));

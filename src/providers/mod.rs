@@ -2,9 +2,13 @@
 //! client; nothing else. All of them implement [`ChatProvider`]; [`Provider`] dispatches
 //! statically, so the hot path pays for no boxing beyond one stream per streaming request.
 
+pub mod anthropic;
+pub mod build;
+pub mod gemini;
 pub mod http;
 pub mod mock;
 pub mod openai;
+pub mod sse_stream;
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -43,6 +47,13 @@ pub enum UpstreamError {
     },
     #[error("the upstream reply could not be understood: {0}")]
     Malformed(String),
+    /// The request cannot be expressed in this provider's format (e.g. tool arguments that
+    /// are not a JSON object, for a provider that needs one). The client's to fix.
+    #[error("{message}")]
+    Untranslatable { param: String, message: String },
+    /// The provider's content filter refused the prompt (Azure's `content_filter` 400).
+    #[error("the provider's content filter blocked the prompt: {0}")]
+    ContentFilter(String),
     #[error("the upstream stream failed: {0}")]
     Stream(String),
 }
@@ -58,7 +69,9 @@ impl UpstreamError {
             UpstreamError::Status { status, .. } => {
                 *status >= 500 || *status == 429 || *status == 408
             }
-            UpstreamError::Malformed(_) => false,
+            UpstreamError::Malformed(_)
+            | UpstreamError::Untranslatable { .. }
+            | UpstreamError::ContentFilter(_) => false,
         }
     }
 
@@ -88,6 +101,12 @@ impl UpstreamError {
                 e.retry_after = retry_after;
                 e
             }
+            UpstreamError::Untranslatable { param, message } => ProxyError::invalid(param, message),
+            e @ UpstreamError::ContentFilter(_) => {
+                let mut out = ProxyError::invalid("messages", e.to_string());
+                out.upstream_status = Some(400);
+                out
+            }
             other => ProxyError::new(ErrorCode::ProviderError, other.to_string()),
         }
     }
@@ -101,6 +120,8 @@ impl UpstreamError {
             UpstreamError::Status { status: 429, .. } => "status_429",
             UpstreamError::Status { .. } => "status_4xx",
             UpstreamError::Malformed(_) => "malformed",
+            UpstreamError::Untranslatable { .. } => "untranslatable",
+            UpstreamError::ContentFilter(_) => "content_filter",
             UpstreamError::Stream(_) => "stream",
         }
     }
@@ -131,6 +152,8 @@ pub trait ChatProvider: Send + Sync {
 #[derive(Debug)]
 pub enum Provider {
     OpenAi(openai::OpenAiProvider),
+    Anthropic(anthropic::AnthropicProvider),
+    Gemini(gemini::GeminiProvider),
     Mock(mock::MockProvider),
 }
 
@@ -138,6 +161,8 @@ impl Provider {
     pub fn kind(&self) -> &'static str {
         match self {
             Provider::OpenAi(_) => "openai",
+            Provider::Anthropic(_) => "anthropic",
+            Provider::Gemini(_) => "gemini",
             Provider::Mock(_) => "mock",
         }
     }
@@ -147,6 +172,8 @@ impl ChatProvider for Provider {
     async fn chat(&self, req: &ChatRequest, model: &str) -> Result<ChatResponse, UpstreamError> {
         match self {
             Provider::OpenAi(p) => p.chat(req, model).await,
+            Provider::Anthropic(p) => p.chat(req, model).await,
+            Provider::Gemini(p) => p.chat(req, model).await,
             Provider::Mock(p) => p.chat(req, model).await,
         }
     }
@@ -158,6 +185,8 @@ impl ChatProvider for Provider {
     ) -> Result<EventStream, UpstreamError> {
         match self {
             Provider::OpenAi(p) => p.chat_stream(req, model).await,
+            Provider::Anthropic(p) => p.chat_stream(req, model).await,
+            Provider::Gemini(p) => p.chat_stream(req, model).await,
             Provider::Mock(p) => p.chat_stream(req, model).await,
         }
     }
@@ -165,6 +194,8 @@ impl ChatProvider for Provider {
     async fn models(&self) -> Result<Vec<String>, UpstreamError> {
         match self {
             Provider::OpenAi(p) => p.models().await,
+            Provider::Anthropic(p) => p.models().await,
+            Provider::Gemini(p) => p.models().await,
             Provider::Mock(p) => p.models().await,
         }
     }

@@ -3,22 +3,41 @@
 //! LiteLLM proxy). Requests keep every field the client sent; replies are forwarded as the
 //! upstream wrote them, decoded on the side for usage, logging and other dialects.
 
-use std::collections::VecDeque;
-
-use bytes::Bytes;
-use futures_util::StreamExt;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use super::http::{read_ok_body, status_error, transport_error};
+use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::secret::Secret;
 use crate::types::{ChatEvent, ChatRequest, ChatResponse, StreamChunk};
 use crate::wire::openai::{DecodedChunk, decode_chunk, decode_response};
-use crate::wire::sse::{SseDecoder, SseEvent};
+use crate::wire::sse::SseEvent;
 
-/// Largest single SSE event we accept from an upstream.
-const MAX_EVENT: usize = 8 << 20;
+/// The `api-version` used for classic Azure deployment URLs when the config gives none: the
+/// newest generally available version at the time of writing.
+pub const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
+
+/// How an OpenAI-dialect upstream is addressed and authenticated. Everything else (request
+/// body, replies, streams) is the same wire format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flavor {
+    /// `{base}/chat/completions` with `Authorization: Bearer`.
+    OpenAi,
+    /// As OpenAI, but the models it has pulled are listed from its native `/api/tags`.
+    Ollama,
+    /// Azure OpenAI, classic: the model name is the deployment,
+    /// `{base}/openai/deployments/{deployment}/chat/completions?api-version=…`, `api-key`.
+    Azure { api_version: String },
+    /// Azure OpenAI's v1 API (a base ending in `/openai/v1`): OpenAI's paths, `api-key`.
+    AzureV1,
+}
+
+impl Flavor {
+    fn is_azure(&self) -> bool {
+        matches!(self, Flavor::Azure { .. } | Flavor::AzureV1)
+    }
+}
 
 #[derive(Debug)]
 pub struct OpenAiProvider {
@@ -26,6 +45,7 @@ pub struct OpenAiProvider {
     /// Base URL ending in the API version, e.g. `https://api.openai.com/v1`.
     base_url: String,
     chat_url: String,
+    flavor: Flavor,
     api_key: Option<Secret>,
     headers: http::HeaderMap,
 }
@@ -37,11 +57,42 @@ impl OpenAiProvider {
         api_key: Option<Secret>,
         headers: http::HeaderMap,
     ) -> Self {
+        Self::with_flavor(client, base_url, Flavor::OpenAi, api_key, headers)
+    }
+
+    /// An Azure OpenAI resource. `base_url` is the resource endpoint
+    /// (`https://NAME.openai.azure.com`), or its v1 API (`…/openai/v1`).
+    pub fn azure(
+        client: reqwest::Client,
+        base_url: &str,
+        api_version: Option<String>,
+        api_key: Option<Secret>,
+        headers: http::HeaderMap,
+    ) -> Self {
+        let base = base_url.trim_end_matches('/');
+        let flavor = if base.ends_with("/openai/v1") {
+            Flavor::AzureV1
+        } else {
+            Flavor::Azure {
+                api_version: api_version.unwrap_or_else(|| AZURE_DEFAULT_API_VERSION.to_owned()),
+            }
+        };
+        Self::with_flavor(client, base, flavor, api_key, headers)
+    }
+
+    pub fn with_flavor(
+        client: reqwest::Client,
+        base_url: &str,
+        flavor: Flavor,
+        api_key: Option<Secret>,
+        headers: http::HeaderMap,
+    ) -> Self {
         let base_url = base_url.trim_end_matches('/').to_owned();
         Self {
             chat_url: format!("{base_url}/chat/completions"),
             client,
             base_url,
+            flavor,
             api_key,
             headers,
         }
@@ -51,10 +102,36 @@ impl OpenAiProvider {
         &self.base_url
     }
 
-    fn post(&self, body: Vec<u8>, stream: bool) -> reqwest::RequestBuilder {
-        let mut rb = self
+    pub fn flavor(&self) -> &Flavor {
+        &self.flavor
+    }
+
+    /// Where a chat request for `model` goes.
+    pub fn chat_url(&self, model: &str) -> std::borrow::Cow<'_, str> {
+        match &self.flavor {
+            Flavor::Azure { api_version } => format!(
+                "{}/openai/deployments/{}/chat/completions?api-version={}",
+                self.base_url,
+                urlencode_segment(model),
+                urlencode_segment(api_version)
+            )
+            .into(),
+            _ => self.chat_url.as_str().into(),
+        }
+    }
+
+    fn authorize(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_key {
+            Some(key) if self.flavor.is_azure() => rb.header("api-key", key.expose()),
+            Some(key) => rb.bearer_auth(key.expose()),
+            None => rb,
+        }
+    }
+
+    fn post(&self, model: &str, body: Vec<u8>, stream: bool) -> reqwest::RequestBuilder {
+        let rb = self
             .client
-            .post(&self.chat_url)
+            .post(self.chat_url(model).as_ref())
             .headers(self.headers.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(
@@ -66,16 +143,18 @@ impl OpenAiProvider {
                 },
             )
             .body(body);
-        if let Some(key) = &self.api_key {
-            rb = rb.bearer_auth(key.expose());
-        }
-        rb
+        self.authorize(rb)
     }
 
-    async fn send(&self, body: Vec<u8>, stream: bool) -> Result<reqwest::Response, UpstreamError> {
+    async fn send(
+        &self,
+        model: &str,
+        body: Vec<u8>,
+        stream: bool,
+    ) -> Result<reqwest::Response, UpstreamError> {
         let key = self.api_key.as_ref();
         let resp = self
-            .post(body, stream)
+            .post(model, body, stream)
             .send()
             .await
             .map_err(|e| transport_error(&e, key))?;
@@ -84,12 +163,44 @@ impl OpenAiProvider {
         }
         Ok(resp)
     }
+
+    /// The URL models are listed from, and whether it answers in Ollama's native shape.
+    fn models_url(&self) -> Option<(String, bool)> {
+        match &self.flavor {
+            Flavor::OpenAi | Flavor::AzureV1 => Some((format!("{}/models", self.base_url), false)),
+            Flavor::Ollama => {
+                let root = self.base_url.strip_suffix("/v1").unwrap_or(&self.base_url);
+                Some((format!("{root}/api/tags"), true))
+            }
+            // Classic Azure serves deployments, which the config names; nothing to discover.
+            Flavor::Azure { .. } => None,
+        }
+    }
+}
+
+/// Percent-encodes a URL path segment or query value (deployment names are usually plain,
+/// but nothing from a config may break the URL).
+fn urlencode_segment(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+    {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.into()
 }
 
 impl ChatProvider for OpenAiProvider {
     async fn chat(&self, req: &ChatRequest, model: &str) -> Result<ChatResponse, UpstreamError> {
         let body = encode_request(req, model, false)?;
-        let resp = self.send(body, false).await?;
+        let resp = self.send(model, body, false).await?;
         let bytes = read_ok_body(resp, self.api_key.as_ref()).await?;
         decode_response(bytes).map_err(|e| UpstreamError::Malformed(e.to_string()))
     }
@@ -100,35 +211,27 @@ impl ChatProvider for OpenAiProvider {
         model: &str,
     ) -> Result<EventStream, UpstreamError> {
         let body = encode_request(req, model, true)?;
-        let resp = self.send(body, true).await?;
+        let resp = self.send(model, body, true).await?;
         Ok(decode_stream(resp, self.api_key.clone()))
     }
 
     async fn models(&self) -> Result<Vec<String>, UpstreamError> {
+        let Some((url, ollama)) = self.models_url() else {
+            return Ok(Vec::new());
+        };
         let key = self.api_key.as_ref();
-        let mut rb = self
-            .client
-            .get(format!("{}/models", self.base_url))
-            .headers(self.headers.clone());
-        if let Some(k) = key {
-            rb = rb.bearer_auth(k.expose());
-        }
+        let rb = self.authorize(self.client.get(url).headers(self.headers.clone()));
         let resp = rb.send().await.map_err(|e| transport_error(&e, key))?;
         if !resp.status().is_success() {
             return Err(status_error(resp, key).await);
         }
         let body = read_ok_body(resp, key).await?;
-        #[derive(serde::Deserialize)]
-        struct List {
-            data: Vec<Entry>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Entry {
-            id: String,
-        }
-        let list: List =
-            serde_json::from_slice(&body).map_err(|e| UpstreamError::Malformed(e.to_string()))?;
-        Ok(list.data.into_iter().map(|e| e.id).collect())
+        let ids = if ollama {
+            crate::wire::openai::decode_ollama_tags(&body)
+        } else {
+            crate::wire::openai::decode_model_list(&body)
+        };
+        ids.map_err(|e| UpstreamError::Malformed(e.to_string()))
     }
 }
 
@@ -185,99 +288,47 @@ pub fn encode_request(
         .map_err(|e| UpstreamError::Malformed(format!("could not encode the request: {e}")))
 }
 
-struct StreamState {
-    body: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
-    decoder: SseDecoder,
-    pending: VecDeque<SseEvent>,
-    scratch: Vec<SseEvent>,
+/// The OpenAI stream vocabulary: one chunk per `data:` event, kept verbatim for OpenAI
+/// clients; `[DONE]` ends it; a `data: {"error": …}` event is a mid-stream failure.
+struct OpenAiEvents {
     finished: bool,
-    done: bool,
     key: Option<Secret>,
 }
 
-/// Decodes an upstream SSE body into canonical chunks, one per upstream event, as each
-/// arrives. Dropping the returned stream drops the response and so closes the connection:
-/// a client that goes away cancels the upstream generation.
-fn decode_stream(resp: reqwest::Response, key: Option<Secret>) -> EventStream {
-    let state = StreamState {
-        body: resp.bytes_stream().boxed(),
-        decoder: SseDecoder::new(MAX_EVENT),
-        pending: VecDeque::new(),
-        scratch: Vec::new(),
-        finished: false,
-        done: false,
-        key,
-    };
-    futures_util::stream::unfold(state, |mut st| async move {
-        loop {
-            if st.done {
-                return None;
-            }
-            if let Some(ev) = st.pending.pop_front() {
-                if &ev.data[..] == b"[DONE]" {
-                    return None;
-                }
-                match decode_chunk(&ev.data) {
-                    Ok(DecodedChunk::Events(events)) => {
-                        if events.iter().any(|e| matches!(e, ChatEvent::Finish(_))) {
-                            st.finished = true;
-                        }
-                        let chunk = StreamChunk {
-                            events,
-                            raw_openai: Some(ev.data),
-                        };
-                        return Some((Ok(chunk), st));
-                    }
-                    Ok(DecodedChunk::Error(msg)) => {
-                        st.done = true;
-                        let msg = crate::secret::redact(&msg, st.key.as_ref().as_slice());
-                        return Some((Err(UpstreamError::Stream(msg)), st));
-                    }
-                    Err(e) => {
-                        st.done = true;
-                        return Some((
-                            Err(UpstreamError::Malformed(format!("bad stream chunk: {e}"))),
-                            st,
-                        ));
-                    }
-                }
-            }
-            match st.body.next().await {
-                Some(Ok(bytes)) => {
-                    let mut out = std::mem::take(&mut st.scratch);
-                    let fed = st.decoder.feed(&bytes, &mut out);
-                    st.pending.extend(out.drain(..));
-                    st.scratch = out;
-                    if let Err(e) = fed {
-                        st.done = true;
-                        return Some((Err(UpstreamError::Malformed(e.to_string())), st));
-                    }
-                }
-                Some(Err(e)) => {
-                    st.done = true;
-                    return Some((Err(transport_error(&e, st.key.as_ref())), st));
-                }
-                None => {
-                    let mut out = Vec::new();
-                    let _ = st.decoder.finish(&mut out);
-                    if out.is_empty() {
-                        st.done = true;
-                        if st.finished {
-                            return None;
-                        }
-                        return Some((
-                            Err(UpstreamError::Stream(
-                                "the upstream closed the stream before it finished".into(),
-                            )),
-                            st,
-                        ));
-                    }
-                    st.pending.extend(out);
-                }
-            }
+impl EventDecoder for OpenAiEvents {
+    fn event(&mut self, ev: SseEvent) -> Step {
+        if &ev.data[..] == b"[DONE]" {
+            return Step::End;
         }
-    })
-    .boxed()
+        match decode_chunk(&ev.data) {
+            Ok(DecodedChunk::Events(events)) => {
+                if events.iter().any(|e| matches!(e, ChatEvent::Finish(_))) {
+                    self.finished = true;
+                }
+                Step::Chunk(StreamChunk {
+                    events,
+                    raw_openai: Some(ev.data),
+                })
+            }
+            Ok(DecodedChunk::Error(msg)) => {
+                let msg = crate::secret::redact(&msg, self.key.as_ref().as_slice());
+                Step::Fail(UpstreamError::Stream(msg))
+            }
+            Err(e) => Step::Fail(UpstreamError::Malformed(format!("bad stream chunk: {e}"))),
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.finished
+    }
+}
+
+fn decode_stream(resp: reqwest::Response, key: Option<Secret>) -> EventStream {
+    let decoder = OpenAiEvents {
+        finished: false,
+        key: key.clone(),
+    };
+    decode_sse(resp, key, decoder)
 }
 
 #[cfg(test)]

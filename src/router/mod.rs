@@ -15,9 +15,8 @@ use tokio::time::timeout;
 
 use crate::config::{ProviderKind, RoutingSettings, Settings};
 use crate::error::{ErrorCode, ProxyError};
+use crate::providers::build::{BuildError as ProviderBuildError, build};
 use crate::providers::http::{ClientBuildError, ClientSettings, build_client};
-use crate::providers::mock::MockProvider;
-use crate::providers::openai::OpenAiProvider;
 use crate::providers::{ChatProvider, EventStream, Provider, TimeoutKind, UpstreamError};
 use crate::types::{ChatRequest, ChatResponse, StreamChunk};
 
@@ -64,15 +63,8 @@ pub struct OpenStream {
 pub enum BuildError {
     #[error(transparent)]
     Client(#[from] ClientBuildError),
-    #[error(
-        "providers.{name}: kind `{kind}` is not supported by this build yet (supported: openai and its \
-         presets ollama, vllm, lm_studio, deepseek, mistral, groq, openrouter; mock)"
-    )]
-    UnsupportedKind { name: String, kind: &'static str },
-    #[error("providers.{name}: base_url is required")]
-    MissingBaseUrl { name: String },
-    #[error("providers.{name}.headers: `{header}` is not a valid header")]
-    BadHeader { name: String, header: String },
+    #[error(transparent)]
+    Provider(#[from] ProviderBuildError),
 }
 
 pub struct Router {
@@ -92,49 +84,13 @@ impl Router {
         })?;
         let mut providers = Vec::new();
         for p in &settings.providers {
-            let provider = match p.kind {
-                ProviderKind::Mock => {
-                    let ids = settings
-                        .models
-                        .iter()
-                        .filter(|m| m.provider == p.name)
-                        .map(|m| m.model.clone())
-                        .collect();
-                    Provider::Mock(MockProvider::new(p.mock.clone(), ids))
-                }
-                k if k.is_openai_compatible() => {
-                    let base = p
-                        .base_url
-                        .as_deref()
-                        .ok_or_else(|| BuildError::MissingBaseUrl {
-                            name: p.name.clone(),
-                        })?;
-                    let mut headers = http::HeaderMap::new();
-                    for (h, v) in &p.headers {
-                        let bad = || BuildError::BadHeader {
-                            name: p.name.clone(),
-                            header: h.clone(),
-                        };
-                        let name = http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| bad())?;
-                        let mut value =
-                            http::HeaderValue::from_str(v.expose()).map_err(|_| bad())?;
-                        value.set_sensitive(true);
-                        headers.insert(name, value);
-                    }
-                    Provider::OpenAi(OpenAiProvider::new(
-                        client.clone(),
-                        base,
-                        p.api_key.clone(),
-                        headers,
-                    ))
-                }
-                other => {
-                    return Err(BuildError::UnsupportedKind {
-                        name: p.name.clone(),
-                        kind: other.as_str(),
-                    });
-                }
-            };
+            let mock_models = settings
+                .models
+                .iter()
+                .filter(|m| m.provider == p.name)
+                .map(|m| m.model.clone())
+                .collect();
+            let provider = build(p, &client, mock_models)?;
             providers.push(Arc::new(ProviderEntry {
                 name: p.name.clone(),
                 kind: p.kind,

@@ -2,5 +2,7 @@
 //! and from the canonical types in [`crate::types`], in both directions where the format is
 //! spoken by clients and by upstreams alike.
 
+pub mod anthropic;
+pub mod gemini;
 pub mod openai;
 pub mod sse;

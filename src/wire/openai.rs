@@ -46,6 +46,7 @@ impl From<WireUsage> for Usage {
             completion_tokens: u.completion_tokens,
             total_tokens: total,
             cached_tokens: u.prompt_tokens_details.and_then(|d| d.cached_tokens),
+            cache_creation_tokens: None,
             reasoning_tokens: u.completion_tokens_details.and_then(|d| d.reasoning_tokens),
         }
     }
@@ -215,6 +216,39 @@ pub fn decode_chunk(data: &[u8]) -> Result<DecodedChunk, serde_json::Error> {
     Ok(DecodedChunk::Events(events))
 }
 
+#[derive(Deserialize)]
+struct ModelList {
+    data: Vec<ModelEntry>,
+}
+
+#[derive(Deserialize)]
+struct ModelEntry {
+    id: String,
+}
+
+/// The ids of an OpenAI `GET /models` list.
+pub fn decode_model_list(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+    let list: ModelList = serde_json::from_slice(body)?;
+    Ok(list.data.into_iter().map(|e| e.id).collect())
+}
+
+#[derive(Deserialize)]
+struct OllamaTags {
+    models: Vec<OllamaModel>,
+}
+
+#[derive(Deserialize)]
+struct OllamaModel {
+    name: String,
+}
+
+/// The model names of Ollama's native `GET /api/tags` (e.g. `llama3:latest`), which its
+/// OpenAI-compatible endpoint accepts as `model`.
+pub fn decode_ollama_tags(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+    let tags: OllamaTags = serde_json::from_slice(body)?;
+    Ok(tags.models.into_iter().map(|m| m.name).collect())
+}
+
 /// Whether a raw chunk is the usage-only chunk (`choices: []` + `usage`), which a client
 /// that did not ask for `include_usage` must not see.
 pub fn is_usage_only_chunk(events: &[ChatEvent]) -> bool {
@@ -227,6 +261,20 @@ fn error_message_from_value(v: &serde_json::Value) -> String {
         .map(str::to_owned)
         .or_else(|| v.as_str().map(str::to_owned))
         .unwrap_or_else(|| v.to_string())
+}
+
+/// Whether an error body is a content-filter refusal: Azure OpenAI's `content_filter` code
+/// (with `innererror.code: ResponsibleAIPolicyViolation`), or OpenAI's
+/// `content_policy_violation`.
+pub fn is_content_filter_error(body: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let err = &v["error"];
+    matches!(
+        err["code"].as_str(),
+        Some("content_filter" | "content_policy_violation")
+    ) || err["innererror"]["code"] == "ResponsibleAIPolicyViolation"
 }
 
 /// Pulls a human message out of an upstream error body (`{"error":{"message":…}}`, or
@@ -517,6 +565,7 @@ mod tests {
                 completion_tokens: 5,
                 total_tokens: 8,
                 cached_tokens: Some(1),
+                cache_creation_tokens: None,
                 reasoning_tokens: None
             })]
         );

@@ -1,0 +1,92 @@
+//! The OpenAI Chat Completions dialect at the edge: `POST /v1/chat/completions`.
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::HeaderMap;
+
+use super::serve::{Dialect, serve};
+use super::{ApiError, AppStateRef, RequestCtx, body};
+use crate::error::ProxyError;
+use crate::providers::mock::unix_now;
+use crate::types::{ChatEvent, ChatRequest, ChatResponse, StreamChunk};
+use crate::wire::openai::{ChunkEncoder, encode_response, is_usage_only_chunk};
+use crate::wire::sse::{DONE_FRAME, data_frame};
+
+pub(crate) struct OpenAi;
+
+pub(crate) struct OpenAiStream {
+    encoder: ChunkEncoder,
+    wants_usage: bool,
+}
+
+impl Dialect for OpenAi {
+    const ENDPOINT: &'static str = "chat_completions";
+    type Stream = OpenAiStream;
+
+    fn decode(bytes: &[u8]) -> Result<ChatRequest, ProxyError> {
+        body::decode(bytes)
+    }
+
+    fn error(err: ProxyError, ctx: &RequestCtx) -> Response {
+        ApiError::new(err, ctx).into_response()
+    }
+
+    /// The upstream's own body when it spoke OpenAI (verbatim), else encoded.
+    fn body(resp: ChatResponse, model: &str) -> Bytes {
+        match resp.raw_openai {
+            Some(raw) => raw,
+            None => Bytes::from(encode_response(&resp, model)),
+        }
+    }
+
+    fn stream_start(req: &ChatRequest) -> OpenAiStream {
+        OpenAiStream {
+            encoder: ChunkEncoder::new(
+                format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+                req.model.clone(),
+                unix_now(),
+            ),
+            wants_usage: req.wants_stream_usage(),
+        }
+    }
+
+    /// The upstream's own chunk JSON when it has it (no re-serialization), otherwise
+    /// encoded from events. The usage chunk is dropped for clients that did not ask for it.
+    fn stream_chunk(st: &mut OpenAiStream, chunk: StreamChunk) -> Option<Bytes> {
+        if !st.wants_usage && is_usage_only_chunk(&chunk.events) {
+            return None;
+        }
+        if let Some(raw) = chunk.raw_openai {
+            return Some(data_frame(&raw));
+        }
+        let mut out = Vec::new();
+        for ev in &chunk.events {
+            if !st.wants_usage && matches!(ev, ChatEvent::Usage(_)) {
+                continue;
+            }
+            out.extend_from_slice(&data_frame(&st.encoder.encode(ev)));
+        }
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+
+    fn stream_error(_: &mut OpenAiStream, err: &ProxyError, request_id: &str) -> Bytes {
+        let payload = err.envelope(request_id).to_string();
+        let mut frame = data_frame(payload.as_bytes()).to_vec();
+        frame.extend_from_slice(DONE_FRAME);
+        Bytes::from(frame)
+    }
+
+    fn stream_end(_: &mut OpenAiStream) -> Bytes {
+        Bytes::from_static(DONE_FRAME)
+    }
+}
+
+pub async fn chat_completions(
+    state: AppStateRef,
+    ctx: RequestCtx,
+    headers: HeaderMap,
+    raw: Body,
+) -> Response {
+    serve::<OpenAi>(state, ctx, headers, raw).await
+}

@@ -1,0 +1,80 @@
+//! Turns one configured provider into a live [`Provider`]: the kind picks the codec, the
+//! settings give URL, key and headers, and every provider shares the one HTTP client.
+
+use super::Provider;
+use super::anthropic::AnthropicProvider;
+use super::gemini::GeminiProvider;
+use super::mock::MockProvider;
+use super::openai::{Flavor, OpenAiProvider};
+use crate::config::{ProviderKind, ProviderSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("providers.{name}: base_url is required")]
+    MissingBaseUrl { name: String },
+    #[error("providers.{name}.headers: `{header}` is not a valid header")]
+    BadHeader { name: String, header: String },
+}
+
+/// Builds the provider for `p`. `mock_models` are the upstream ids configured on it (the
+/// mock lists them as its models).
+pub fn build(
+    p: &ProviderSettings,
+    client: &reqwest::Client,
+    mock_models: Vec<String>,
+) -> Result<Provider, BuildError> {
+    if p.kind == ProviderKind::Mock {
+        return Ok(Provider::Mock(MockProvider::new(
+            p.mock.clone(),
+            mock_models,
+        )));
+    }
+    let base = p
+        .base_url
+        .as_deref()
+        .ok_or_else(|| BuildError::MissingBaseUrl {
+            name: p.name.clone(),
+        })?;
+    let headers = headers(p)?;
+    let client = client.clone();
+    let key = p.api_key.clone();
+    Ok(match p.kind {
+        ProviderKind::Anthropic => {
+            Provider::Anthropic(AnthropicProvider::new(client, base, key, headers))
+        }
+        ProviderKind::Gemini => Provider::Gemini(GeminiProvider::new(client, base, key, headers)),
+        ProviderKind::Azure => Provider::OpenAi(OpenAiProvider::azure(
+            client,
+            base,
+            p.api_version.clone(),
+            key,
+            headers,
+        )),
+        ProviderKind::Ollama => Provider::OpenAi(OpenAiProvider::with_flavor(
+            client,
+            base,
+            Flavor::Ollama,
+            key,
+            headers,
+        )),
+        // The remaining kinds are OpenAI-compatible presets: only their default URL differs.
+        _ => Provider::OpenAi(OpenAiProvider::new(client, base, key, headers)),
+    })
+}
+
+/// Extra upstream headers; their values may be credentials, so they are marked sensitive
+/// (hyper then keeps them out of its debug output).
+fn headers(p: &ProviderSettings) -> Result<http::HeaderMap, BuildError> {
+    let mut headers = http::HeaderMap::new();
+    for (h, v) in &p.headers {
+        let bad = || BuildError::BadHeader {
+            name: p.name.clone(),
+            header: h.clone(),
+        };
+        let name = http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| bad())?;
+        let mut value = http::HeaderValue::from_str(v.expose()).map_err(|_| bad())?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    Ok(headers)
+}

@@ -1,0 +1,166 @@
+//! The `gemini` provider kind: the Gemini API with an AI Studio key (`x-goog-api-key`).
+//! Translation lives in [`crate::wire::gemini`].
+
+use super::http::{read_ok_body, status_error, transport_error};
+use super::sse_stream::{EventDecoder, Step, decode_sse};
+use super::{ChatProvider, EventStream, UpstreamError};
+use crate::secret::Secret;
+use crate::types::{ChatRequest, ChatResponse, StreamChunk};
+use crate::wire::gemini::{StreamDecoder, decode_response, encode_request};
+use crate::wire::sse::SseEvent;
+
+#[derive(Debug)]
+pub struct GeminiProvider {
+    client: reqwest::Client,
+    /// Ends in the API version, e.g. `https://generativelanguage.googleapis.com/v1beta`.
+    base_url: String,
+    api_key: Option<Secret>,
+    headers: http::HeaderMap,
+}
+
+impl GeminiProvider {
+    pub fn new(
+        client: reqwest::Client,
+        base_url: &str,
+        api_key: Option<Secret>,
+        headers: http::HeaderMap,
+    ) -> Self {
+        Self {
+            client,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            api_key,
+            headers,
+        }
+    }
+
+    /// `models/{model}:{method}`; the model may be given with or without `models/`.
+    pub fn url(&self, model: &str, stream: bool) -> String {
+        let model = model.strip_prefix("models/").unwrap_or(model);
+        if stream {
+            format!(
+                "{}/models/{model}:streamGenerateContent?alt=sse",
+                self.base_url
+            )
+        } else {
+            format!("{}/models/{model}:generateContent", self.base_url)
+        }
+    }
+
+    fn request(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let rb = rb.headers(self.headers.clone());
+        match &self.api_key {
+            Some(k) => rb.header("x-goog-api-key", k.expose()),
+            None => rb,
+        }
+    }
+
+    async fn send(
+        &self,
+        req: &ChatRequest,
+        model: &str,
+        stream: bool,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let body = serde_json::to_vec(&encode_request(req))
+            .map_err(|e| UpstreamError::Malformed(e.to_string()))?;
+        let key = self.api_key.as_ref();
+        let resp = self
+            .request(self.client.post(self.url(model, stream)))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| transport_error(&e, key))?;
+        if !resp.status().is_success() {
+            return Err(status_error(resp, key).await);
+        }
+        Ok(resp)
+    }
+}
+
+impl ChatProvider for GeminiProvider {
+    async fn chat(&self, req: &ChatRequest, model: &str) -> Result<ChatResponse, UpstreamError> {
+        let resp = self.send(req, model, false).await?;
+        let body = read_ok_body(resp, self.api_key.as_ref()).await?;
+        decode_response(&body).map_err(|e| UpstreamError::Malformed(e.to_string()))
+    }
+
+    async fn chat_stream(
+        &self,
+        req: &ChatRequest,
+        model: &str,
+    ) -> Result<EventStream, UpstreamError> {
+        let resp = self.send(req, model, true).await?;
+        let decoder = GeminiEvents {
+            decoder: StreamDecoder::new(),
+            key: self.api_key.clone(),
+        };
+        Ok(decode_sse(resp, self.api_key.clone(), decoder))
+    }
+
+    /// `GET /models`, ids without their `models/` prefix (first page: enough to list what
+    /// the key can use in a model picker; configured models are always listed anyway).
+    async fn models(&self) -> Result<Vec<String>, UpstreamError> {
+        let key = self.api_key.as_ref();
+        let resp = self
+            .request(
+                self.client
+                    .get(format!("{}/models?pageSize=1000", self.base_url)),
+            )
+            .send()
+            .await
+            .map_err(|e| transport_error(&e, key))?;
+        if !resp.status().is_success() {
+            return Err(status_error(resp, key).await);
+        }
+        let body = read_ok_body(resp, key).await?;
+        #[derive(serde::Deserialize)]
+        struct List {
+            #[serde(default)]
+            models: Vec<Entry>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            name: String,
+        }
+        let list: List =
+            serde_json::from_slice(&body).map_err(|e| UpstreamError::Malformed(e.to_string()))?;
+        Ok(list
+            .models
+            .into_iter()
+            .map(|m| m.name.trim_start_matches("models/").to_owned())
+            .collect())
+    }
+}
+
+struct GeminiEvents {
+    decoder: StreamDecoder,
+    key: Option<Secret>,
+}
+
+impl EventDecoder for GeminiEvents {
+    fn event(&mut self, ev: SseEvent) -> Step {
+        match self.decoder.decode(&ev.data) {
+            Ok(Ok(events)) if events.is_empty() => Step::Skip,
+            Ok(Ok(events)) => Step::Chunk(StreamChunk {
+                events,
+                raw_openai: None,
+            }),
+            Ok(Err(e)) => {
+                let message = crate::secret::redact(&e.message, self.key.as_ref().as_slice());
+                Step::Fail(match e.status {
+                    Some(status) => UpstreamError::Status {
+                        status,
+                        message,
+                        retry_after: None,
+                    },
+                    None => UpstreamError::Stream(message),
+                })
+            }
+            Err(e) => Step::Fail(UpstreamError::Malformed(format!("bad stream event: {e}"))),
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.decoder.finished()
+    }
+}

@@ -407,6 +407,16 @@ pub fn encode_request(
             extra.insert(key.into(), v.clone());
         }
     }
+    // A turn that is one plain text block is sent in the short string form.
+    for m in &mut messages {
+        if let AContent::Blocks(b) = &m.content {
+            if let [ABlock::Text { text, extra }] = b.as_slice() {
+                if extra.is_empty() {
+                    m.content = AContent::Text(text.clone());
+                }
+            }
+        }
+    }
     Ok(MessagesRequest {
         model: model.to_owned(),
         max_tokens: Some(req.max_output_tokens().unwrap_or(DEFAULT_MAX_TOKENS)),
@@ -416,7 +426,8 @@ pub fn encode_request(
             Stop::One(s) => vec![s.clone()],
             Stop::Many(v) => v.clone(),
         }),
-        stream: Some(stream),
+        // Anthropic's default is a complete reply; say `stream` only when streaming.
+        stream: stream.then_some(true),
         // Anthropic's range is 0–1; OpenAI's is 0–2.
         temperature: req.temperature.map(|t| t.min(1.0)),
         top_p: req.top_p,

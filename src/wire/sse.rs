@@ -64,7 +64,7 @@ impl SseDecoder {
                 .position(|b| *b == b'\n' || *b == b'\r')
             else {
                 self.scanned = self.buf.len();
-                if self.buf.len() + self.data.len() > self.limit {
+                if self.buffered() > self.limit {
                     return Err(self.overflow());
                 }
                 return Ok(());
@@ -96,9 +96,18 @@ impl SseDecoder {
         Ok(())
     }
 
+    /// Bytes held between calls: never more than the limit after [`Self::feed`] returns.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() + self.data.len() + self.event.as_ref().map_or(0, String::len)
+    }
+
     fn overflow(&mut self) -> SseError {
         self.buf.clear();
         self.data.clear();
+        self.event = None;
+        self.has_data = false;
+        self.scanned = 0;
+        self.pending_cr = false;
         SseError::EventTooLarge { limit: self.limit }
     }
 
@@ -128,12 +137,12 @@ impl SseDecoder {
                 }
                 self.data.extend_from_slice(&value);
                 self.has_data = true;
-                if self.data.len() > self.limit {
-                    return Err(self.overflow());
-                }
             }
             b"event" => self.event = Some(String::from_utf8_lossy(&value).into_owned()),
             _ => {} // id, retry, unknown fields: ignored per spec
+        }
+        if self.buffered() > self.limit {
+            return Err(self.overflow());
         }
         Ok(())
     }

@@ -37,6 +37,11 @@ pub struct ChatRequest {
     /// Every other field, passed through verbatim to upstreams that understand it.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+    /// Fields of an Anthropic-dialect request with no OpenAI equivalent (`thinking`,
+    /// `top_k`, `service_tier`, …). Only Anthropic upstreams get them: OpenAI-compatible
+    /// ones would refuse unknown parameters.
+    #[serde(skip)]
+    pub anthropic_extra: Map<String, Value>,
 }
 
 impl ChatRequest {

@@ -401,10 +401,12 @@ pub fn encode_request(
         }),
         (c, _) => c,
     };
-    let mut extra = Map::new();
+    // What an Anthropic client sent beyond OpenAI's vocabulary goes back as it came; from
+    // OpenAI clients, the Anthropic parameters some of them send anyway.
+    let mut extra = req.anthropic_extra.clone();
     for key in ["top_k", "thinking", "service_tier"] {
         if let Some(v) = req.extra.get(key) {
-            extra.insert(key.into(), v.clone());
+            extra.entry(key).or_insert_with(|| v.clone());
         }
     }
     // A turn that is one plain text block is sent in the short string form.
@@ -857,6 +859,7 @@ pub fn decode_request(r: MessagesRequest) -> ChatRequest {
         tool_choice,
         stream_options: None,
         extra,
+        anthropic_extra: r.extra,
     }
 }
 

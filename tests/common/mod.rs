@@ -417,3 +417,4 @@ impl SseReader {
         }
     }
 }
+pub mod fake_providers;

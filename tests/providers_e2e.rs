@@ -568,3 +568,83 @@ async fn azure_content_filter_is_a_client_error() {
     );
     assert_eq!(e.fp.hits(), 1, "never retried");
 }
+
+// ------------------------------------------------------------------- model discovery
+
+#[tokio::test]
+async fn discovered_models_are_listed_and_routable() {
+    let fp = fake_providers().await;
+    let up = fake_upstream().await;
+    let yaml = format!(
+        r#"
+providers:
+  local:  {{ kind: ollama, base_url: "{root}/v1", discover_models: true }}
+  up:     {{ kind: openai, base_url: "{openai}", discover_models: true }}
+  claude: {{ kind: anthropic, base_url: "{root}", discover_models: true }}
+  mock:   {{ kind: mock }}
+models:
+  - {{ name: mock-small, provider: mock }}
+"#,
+        root = fp.root(),
+        openai = up.base_url()
+    );
+    let px = proxy(&yaml).await;
+    let url = px.url();
+    // Discovery runs in the background; the listing fills in without a restart.
+    let mut listed = Value::Null;
+    for _ in 0..100 {
+        listed = client()
+            .get(format!("{url}/v1/models"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if listed["data"].as_array().unwrap().len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let ids: Vec<(&str, &str)> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["id"].as_str().unwrap(), m["owned_by"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("mock-small", "mock"),
+            ("codellama:13b", "local"),
+            ("llama3:latest", "local"),
+            ("fake-upstream-model", "up"),
+        ],
+        "configured first, then what each provider reported; a provider whose listing \
+         fails (claude here) is left out"
+    );
+    assert_eq!(
+        fp.last().path,
+        "/api/tags",
+        "Ollama is asked through its native API"
+    );
+    let llm: Value = client()
+        .get(format!("{url}/llm/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(llm[2], json!({"id": "llama3:latest", "provider": "local"}));
+
+    // A reported model can be asked for by its id, with no default_provider.
+    let resp = openai_post(&url, &chat_body("fake-upstream-model", false)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["x-llm-proxy-deployment"],
+        "up/fake-upstream-model"
+    );
+    let resp = openai_post(&url, &chat_body("never-reported", false)).await;
+    assert_eq!(resp.status(), 404);
+}

@@ -14,9 +14,11 @@ struct OpenAiModel<'a> {
     owned_by: &'a str,
 }
 
-/// `GET /v1/models`, in OpenAI's list shape.
+/// `GET /v1/models`, in OpenAI's list shape: configured models, then the ones providers
+/// with `discover_models` reported.
 pub async fn openai_models(state: AppStateRef) -> Json<serde_json::Value> {
-    let data: Vec<OpenAiModel<'_>> = state
+    let discovered = state.router.discovered_models();
+    let mut data: Vec<OpenAiModel<'_>> = state
         .router
         .models()
         .map(|r| OpenAiModel {
@@ -29,6 +31,12 @@ pub async fn openai_models(state: AppStateRef) -> Json<serde_json::Value> {
                 .map_or("llm-proxy", |d| d.provider.name.as_str()),
         })
         .collect();
+    data.extend(discovered.iter().map(|(id, provider)| OpenAiModel {
+        id,
+        object: "model",
+        created: 0,
+        owned_by: provider,
+    }));
     Json(json!({ "object": "list", "data": data }))
 }
 
@@ -42,7 +50,8 @@ struct LlmModel<'a> {
 
 /// `GET /llm/models` and `/v1/llm/models`, in the spec's shape.
 pub async fn llm_models(state: AppStateRef) -> Json<serde_json::Value> {
-    let data: Vec<LlmModel<'_>> = state
+    let discovered = state.router.discovered_models();
+    let mut data: Vec<LlmModel<'_>> = state
         .router
         .models()
         .filter_map(|r| {
@@ -54,6 +63,11 @@ pub async fn llm_models(state: AppStateRef) -> Json<serde_json::Value> {
             })
         })
         .collect();
+    data.extend(discovered.iter().map(|(id, provider)| LlmModel {
+        id,
+        provider,
+        max_tokens: None,
+    }));
     Json(serde_json::to_value(data).unwrap_or_default())
 }
 

@@ -6,6 +6,10 @@
 //! the upstream stream and waits for its first chunk itself; only a stream that produced a
 //! chunk is handed to the caller, so every failure before that point is still retryable.
 
+mod discovery;
+
+pub use discovery::Discovered;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +30,8 @@ pub struct ProviderEntry {
     pub name: String,
     pub kind: ProviderKind,
     pub provider: Provider,
+    /// List (and route) the models the provider reports.
+    pub discover: bool,
 }
 
 /// One concrete place a model can be served from.
@@ -73,6 +79,7 @@ pub struct Router {
     order: Vec<String>,
     default_provider: Option<Arc<ProviderEntry>>,
     providers: Vec<Arc<ProviderEntry>>,
+    discovered: Arc<Discovered>,
     routing: RoutingSettings,
 }
 
@@ -95,6 +102,7 @@ impl Router {
                 name: p.name.clone(),
                 kind: p.kind,
                 provider,
+                discover: p.discover_models,
             }));
         }
         let find = |name: &str| providers.iter().find(|p| p.name == name).cloned();
@@ -125,11 +133,17 @@ impl Router {
             })
             .collect();
         let default_provider = settings.default_provider.as_deref().and_then(find);
+        let discovered = Arc::new(Discovered::default());
+        discovery::spawn(
+            &discovered,
+            providers.iter().filter(|p| p.discover).cloned().collect(),
+        );
         Ok(Self {
             routes,
             order,
             default_provider,
             providers,
+            discovered,
             routing: settings.routing.clone(),
         })
     }
@@ -143,12 +157,36 @@ impl Router {
         self.order.iter().filter_map(|n| self.routes.get(n))
     }
 
-    /// Resolves a model name: a configured model, or the name as-is on the default provider.
+    /// Models the providers reported that are not configured: `(id, provider name)`.
+    pub fn discovered_models(&self) -> Vec<(String, String)> {
+        let mut seen = std::collections::HashSet::new();
+        self.discovered
+            .listing(&self.providers)
+            .into_iter()
+            .filter(|(id, _)| !self.routes.contains_key(id) && seen.insert(id.clone()))
+            .collect()
+    }
+
+    /// Asks the discovering providers now (the background refresher does this on its own;
+    /// tests and `check-config` call it to not wait).
+    pub async fn refresh_discovery(&self) {
+        let discovering: Vec<_> = self
+            .providers
+            .iter()
+            .filter(|p| p.discover)
+            .cloned()
+            .collect();
+        discovery::refresh(&self.discovered, &discovering).await;
+    }
+
+    /// Resolves a model name: a configured model, a model a provider reported, or the name
+    /// as-is on the default provider.
     pub fn resolve(&self, model: &str) -> Result<Resolved, ProxyError> {
         if let Some(r) = self.routes.get(model) {
             return Ok(r.clone());
         }
-        if let Some(p) = &self.default_provider {
+        let discovered = self.discovered.provider_of(model, &self.providers);
+        if let Some(p) = discovered.or(self.default_provider.as_ref()) {
             let dep = Deployment {
                 id: format!("{}/{}", p.name, model).into(),
                 provider: p.clone(),

@@ -258,6 +258,43 @@ pub struct AssistantMessage {
     pub tool_calls: Vec<ToolCall>,
 }
 
+/// A complete reply assembled from stream events, for providers whose replies have the
+/// stream's shape (the mock, Gemini) and for endpoints that fold a stream.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Collected {
+    pub message: AssistantMessage,
+    pub finish: Option<FinishReason>,
+    pub usage: Option<Usage>,
+}
+
+impl Collected {
+    pub fn push(&mut self, event: ChatEvent) {
+        let m = &mut self.message;
+        match event {
+            ChatEvent::TextDelta(t) => m.content.get_or_insert_with(String::new).push_str(&t),
+            ChatEvent::ReasoningDelta(t) => {
+                m.reasoning.get_or_insert_with(String::new).push_str(&t)
+            }
+            ChatEvent::ToolCallStart { id, name, .. } => m.tool_calls.push(ToolCall {
+                id,
+                kind: "function".into(),
+                function: FunctionCall {
+                    name,
+                    arguments: String::new(),
+                },
+            }),
+            // Indexes count from 0 in start order, so the index is the position.
+            ChatEvent::ToolCallArgs { index, fragment } => {
+                if let Some(tc) = m.tool_calls.get_mut(index as usize) {
+                    tc.function.arguments.push_str(&fragment);
+                }
+            }
+            ChatEvent::Finish(f) => self.finish = Some(f),
+            ChatEvent::Usage(u) => self.usage = Some(u),
+        }
+    }
+}
+
 /// A complete (non-streaming) response in canonical form.
 #[derive(Debug, Clone)]
 pub struct ChatResponse {

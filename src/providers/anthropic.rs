@@ -1,7 +1,7 @@
 //! The `anthropic` provider kind: Anthropic's Messages API (`x-api-key` and
 //! `anthropic-version` headers). Translation lives in [`crate::wire::anthropic`].
 
-use super::http::{read_ok_body, status_error, transport_error};
+use super::http::{fetch, read_ok_body, send};
 use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::secret::Secret;
@@ -65,18 +65,11 @@ impl AnthropicProvider {
             })?;
         let body =
             serde_json::to_vec(&body).map_err(|e| UpstreamError::Malformed(e.to_string()))?;
-        let key = self.api_key.as_ref();
-        let resp = self
+        let rb = self
             .request(self.client.post(&self.messages_url))
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e, key))?;
-        if !resp.status().is_success() {
-            return Err(status_error(resp, key).await);
-        }
-        Ok(resp)
+            .body(body);
+        send(rb, self.api_key.as_ref()).await
     }
 }
 
@@ -101,16 +94,8 @@ impl ChatProvider for AnthropicProvider {
     }
 
     async fn models(&self) -> Result<Vec<String>, UpstreamError> {
-        let key = self.api_key.as_ref();
-        let resp = self
-            .request(self.client.get(&self.models_url))
-            .send()
-            .await
-            .map_err(|e| transport_error(&e, key))?;
-        if !resp.status().is_success() {
-            return Err(status_error(resp, key).await);
-        }
-        let body = read_ok_body(resp, key).await?;
+        let rb = self.request(self.client.get(&self.models_url));
+        let body = fetch(rb, self.api_key.as_ref()).await?;
         crate::wire::openai::decode_model_list(&body)
             .map_err(|e| UpstreamError::Malformed(e.to_string()))
     }

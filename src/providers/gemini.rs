@@ -1,7 +1,7 @@
 //! The `gemini` provider kind: the Gemini API with an AI Studio key (`x-goog-api-key`).
 //! Translation lives in [`crate::wire::gemini`].
 
-use super::http::{read_ok_body, status_error, transport_error};
+use super::http::{fetch, read_ok_body, send};
 use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::secret::Secret;
@@ -62,18 +62,11 @@ impl GeminiProvider {
     ) -> Result<reqwest::Response, UpstreamError> {
         let body = serde_json::to_vec(&encode_request(req))
             .map_err(|e| UpstreamError::Malformed(e.to_string()))?;
-        let key = self.api_key.as_ref();
-        let resp = self
+        let rb = self
             .request(self.client.post(self.url(model, stream)))
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e, key))?;
-        if !resp.status().is_success() {
-            return Err(status_error(resp, key).await);
-        }
-        Ok(resp)
+            .body(body);
+        send(rb, self.api_key.as_ref()).await
     }
 }
 
@@ -100,19 +93,8 @@ impl ChatProvider for GeminiProvider {
     /// `GET /models`, ids without their `models/` prefix (first page: enough to list what
     /// the key can use in a model picker; configured models are always listed anyway).
     async fn models(&self) -> Result<Vec<String>, UpstreamError> {
-        let key = self.api_key.as_ref();
-        let resp = self
-            .request(
-                self.client
-                    .get(format!("{}/models?pageSize=1000", self.base_url)),
-            )
-            .send()
-            .await
-            .map_err(|e| transport_error(&e, key))?;
-        if !resp.status().is_success() {
-            return Err(status_error(resp, key).await);
-        }
-        let body = read_ok_body(resp, key).await?;
+        let url = format!("{}/models?pageSize=1000", self.base_url);
+        let body = fetch(self.request(self.client.get(url)), self.api_key.as_ref()).await?;
         #[derive(serde::Deserialize)]
         struct List {
             #[serde(default)]

@@ -48,6 +48,28 @@ pub fn build_client(settings: &ClientSettings) -> Result<reqwest::Client, Client
         .map_err(|e| ClientBuildError(e.to_string()))
 }
 
+/// Sends a request and checks its status: transport failures and non-2xx replies become
+/// [`UpstreamError`]s with `key` redacted from every message.
+pub async fn send(
+    rb: reqwest::RequestBuilder,
+    key: Option<&Secret>,
+) -> Result<reqwest::Response, UpstreamError> {
+    let resp = rb.send().await.map_err(|e| transport_error(&e, key))?;
+    if !resp.status().is_success() {
+        return Err(status_error(resp, key).await);
+    }
+    Ok(resp)
+}
+
+/// Sends a request and reads its whole successful body.
+pub async fn fetch(
+    rb: reqwest::RequestBuilder,
+    key: Option<&Secret>,
+) -> Result<Bytes, UpstreamError> {
+    let resp = send(rb, key).await?;
+    read_ok_body(resp, key).await
+}
+
 /// Largest upstream body we read (non-streaming replies and error bodies).
 const MAX_BODY: usize = 64 << 20;
 /// How much of an error body is worth reading.

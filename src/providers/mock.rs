@@ -16,8 +16,8 @@ use tokio::time::{Instant, sleep_until};
 
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::types::{
-    AssistantMessage, ChatEvent, ChatRequest, ChatResponse, FinishReason, FunctionCall, Role,
-    StreamChunk, Tool, ToolCall, ToolChoice, Usage,
+    ChatEvent, ChatRequest, ChatResponse, Collected, FinishReason, Role, StreamChunk, Tool,
+    ToolChoice, Usage,
 };
 
 /// A fault the mock injects, chosen by config for tests and demos.
@@ -365,39 +365,17 @@ impl ChatProvider for MockProvider {
                 "mock fault: connection dropped".into(),
             ));
         }
-        let mut msg = AssistantMessage::default();
-        let mut finish = None;
-        let mut usage = None;
+        let mut reply = Collected::default();
         for ev in plan.events {
-            match ev {
-                ChatEvent::TextDelta(t) => msg.content.get_or_insert_with(String::new).push_str(&t),
-                ChatEvent::ReasoningDelta(t) => {
-                    msg.reasoning.get_or_insert_with(String::new).push_str(&t)
-                }
-                ChatEvent::ToolCallStart { id, name, .. } => msg.tool_calls.push(ToolCall {
-                    id,
-                    kind: "function".into(),
-                    function: FunctionCall {
-                        name,
-                        arguments: String::new(),
-                    },
-                }),
-                ChatEvent::ToolCallArgs { fragment, .. } => {
-                    if let Some(tc) = msg.tool_calls.last_mut() {
-                        tc.function.arguments.push_str(&fragment);
-                    }
-                }
-                ChatEvent::Finish(f) => finish = Some(f),
-                ChatEvent::Usage(u) => usage = Some(u),
-            }
+            reply.push(ev);
         }
         Ok(ChatResponse {
             id: format!("chatcmpl-mock-{}", uuid::Uuid::new_v4().simple()),
             model: model.to_owned(),
             created: unix_now(),
-            message: msg,
-            finish_reason: finish,
-            usage,
+            message: reply.message,
+            finish_reason: reply.finish,
+            usage: reply.usage,
             raw_openai: None,
         })
     }

@@ -6,7 +6,7 @@
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-use super::http::{read_ok_body, status_error, transport_error};
+use super::http::{fetch, read_ok_body, send};
 use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::secret::Secret;
@@ -152,16 +152,7 @@ impl OpenAiProvider {
         body: Vec<u8>,
         stream: bool,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let key = self.api_key.as_ref();
-        let resp = self
-            .post(model, body, stream)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e, key))?;
-        if !resp.status().is_success() {
-            return Err(status_error(resp, key).await);
-        }
-        Ok(resp)
+        send(self.post(model, body, stream), self.api_key.as_ref()).await
     }
 
     /// The URL models are listed from, and whether it answers in Ollama's native shape.
@@ -219,13 +210,8 @@ impl ChatProvider for OpenAiProvider {
         let Some((url, ollama)) = self.models_url() else {
             return Ok(Vec::new());
         };
-        let key = self.api_key.as_ref();
         let rb = self.authorize(self.client.get(url).headers(self.headers.clone()));
-        let resp = rb.send().await.map_err(|e| transport_error(&e, key))?;
-        if !resp.status().is_success() {
-            return Err(status_error(resp, key).await);
-        }
-        let body = read_ok_body(resp, key).await?;
+        let body = fetch(rb, self.api_key.as_ref()).await?;
         let ids = if ollama {
             crate::wire::openai::decode_ollama_tags(&body)
         } else {

@@ -211,21 +211,6 @@ pub fn stop_reason_from_canonical(f: FinishReason) -> &'static str {
 
 // ------------------------------------------------------ canonical → Anthropic (upstream)
 
-fn text_of(content: &Option<Content>) -> String {
-    match content {
-        None => String::new(),
-        Some(Content::Text(t)) => t.clone(),
-        Some(Content::Parts(parts)) => parts
-            .iter()
-            .filter_map(|p| match p {
-                ContentPart::Text { text } => Some(text.as_str()),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-            .join("\n"),
-    }
-}
-
 /// An OpenAI `image_url` (a URL or a `data:` URL) as an Anthropic image source.
 fn image_source(url: &str) -> Value {
     if let Some(rest) = url.strip_prefix("data:") {
@@ -292,7 +277,7 @@ pub fn encode_request(
     let mut messages: Vec<AMessage> = Vec::new();
     for (i, m) in req.messages.iter().enumerate() {
         match m.role {
-            Role::System | Role::Developer => system.push(text_of(&m.content)),
+            Role::System | Role::Developer => system.push(m.text()),
             Role::User => push_merged(&mut messages, ARole::User, user_blocks(&m.content)),
             Role::Tool | Role::Function => {
                 let id = m
@@ -302,7 +287,7 @@ pub fn encode_request(
                     .unwrap_or_default();
                 let block = ABlock::ToolResult {
                     tool_use_id: id,
-                    content: Some(AContent::Text(text_of(&m.content))),
+                    content: Some(AContent::Text(m.text())),
                     is_error: None,
                     extra: Map::new(),
                 };
@@ -318,7 +303,7 @@ pub fn encode_request(
                         }
                     }
                 }
-                let text = text_of(&m.content);
+                let text = m.text();
                 if !text.is_empty() {
                     blocks.push(ABlock::Text {
                         text,

@@ -21,8 +21,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::types::{
-    AssistantMessage, ChatEvent, ChatRequest, ChatResponse, Content, ContentPart, FinishReason,
-    FunctionCall, Role, Stop, ToolCall, ToolChoice, Usage,
+    ChatEvent, ChatRequest, ChatResponse, Collected, Content, ContentPart, FinishReason, Role,
+    Stop, ToolChoice, Usage,
 };
 
 /// Marks the signature part of a tool call id we made.
@@ -48,21 +48,6 @@ pub fn signature_from_id(id: &str) -> Option<String> {
     let (_, encoded) = id.split_once(SIGNATURE_MARK)?;
     let bytes = URL_SAFE_NO_PAD.decode(encoded).ok()?;
     String::from_utf8(bytes).ok()
-}
-
-fn text_of(content: &Option<Content>) -> String {
-    match content {
-        None => String::new(),
-        Some(Content::Text(t)) => t.clone(),
-        Some(Content::Parts(parts)) => parts
-            .iter()
-            .filter_map(|p| match p {
-                ContentPart::Text { text } => Some(text.as_str()),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-            .join("\n"),
-    }
 }
 
 /// A guess at an image URL's media type from its extension; Gemini requires one.
@@ -178,11 +163,11 @@ pub fn encode_request(req: &ChatRequest) -> Value {
     let mut call_names: Vec<(&str, &str)> = Vec::new();
     for m in &req.messages {
         match m.role {
-            Role::System | Role::Developer => system.push(json!({"text": text_of(&m.content)})),
+            Role::System | Role::Developer => system.push(json!({"text": m.text()})),
             Role::User => push_turn(&mut contents, "user", user_parts(&m.content)),
             Role::Assistant => {
                 let mut parts = Vec::new();
-                let text = text_of(&m.content);
+                let text = m.text();
                 if !text.is_empty() {
                     parts.push(json!({ "text": text }));
                 }
@@ -209,7 +194,7 @@ pub fn encode_request(req: &ChatRequest) -> Value {
                     .map(|(_, n)| (*n).to_owned())
                     .or_else(|| m.name.clone())
                     .unwrap_or_default();
-                let text = text_of(&m.content);
+                let text = m.text();
                 let result = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
                 let part =
                     json!({"functionResponse": {"name": name, "response": {"result": result}}});
@@ -420,57 +405,23 @@ fn error_text(v: &Value) -> String {
 /// Decodes a complete `generateContent` reply. A prompt blocked before generation (no
 /// candidates, `promptFeedback.blockReason`) is a `content_filter` finish with no content.
 pub fn decode_response(body: &[u8]) -> Result<ChatResponse, serde_json::Error> {
-    let r: GResponse = serde_json::from_slice(body)?;
-    let mut msg = AssistantMessage::default();
-    let mut finish = None;
-    if let Some(c) = r.candidates.into_iter().next() {
-        for (n, part) in c
-            .content
-            .map(|c| c.parts)
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-        {
-            if let Some(call) = part.function_call {
-                msg.tool_calls.push(ToolCall {
-                    id: tool_call_id(n, part.thought_signature.as_deref()),
-                    kind: "function".into(),
-                    function: FunctionCall {
-                        name: call.name,
-                        arguments: call.args.unwrap_or_else(|| json!({})).to_string(),
-                    },
-                });
-            } else if let Some(text) = part.text {
-                let slot = if part.thought == Some(true) {
-                    &mut msg.reasoning
-                } else {
-                    &mut msg.content
-                };
-                slot.get_or_insert_with(String::new).push_str(&text);
-            }
-        }
-        finish = c.finish_reason.as_deref().map(finish_reason);
-    } else if r
-        .prompt_feedback
-        .as_ref()
-        .is_some_and(|f| f.block_reason.is_some())
-    {
-        finish = Some(FinishReason::ContentFilter);
-    }
-    // Gemini says STOP after a function call; OpenAI clients expect `tool_calls`.
-    if !msg.tool_calls.is_empty() && finish == Some(FinishReason::Stop) {
-        finish = Some(FinishReason::ToolCalls);
+    let mut r: GResponse = serde_json::from_slice(body)?;
+    let usage = r.usage_metadata.take().map(GUsage::to_canonical);
+    let id = r.response_id.take();
+    let model = r.model_version.take();
+    let mut reply = Collected::default();
+    for ev in StreamDecoder::new().events(r) {
+        reply.push(ev);
     }
     Ok(ChatResponse {
-        id: r
-            .response_id
+        id: id
             .map(|id| format!("chatcmpl-{id}"))
             .unwrap_or_else(|| format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())),
-        model: r.model_version.unwrap_or_default(),
+        model: model.unwrap_or_default(),
         created: crate::providers::mock::unix_now(),
-        message: msg,
-        finish_reason: finish,
-        usage: r.usage_metadata.map(GUsage::to_canonical),
+        message: reply.message,
+        finish_reason: reply.finish,
+        usage,
         raw_openai: None,
     })
 }
@@ -507,8 +458,8 @@ impl StreamDecoder {
         &mut self,
         data: &[u8],
     ) -> Result<Result<Vec<ChatEvent>, StreamError>, serde_json::Error> {
-        let r: GResponse = serde_json::from_slice(data)?;
-        if let Some(err) = r.error {
+        let mut r: GResponse = serde_json::from_slice(data)?;
+        if let Some(err) = r.error.take() {
             return Ok(Err(StreamError {
                 status: err
                     .get("code")
@@ -517,9 +468,24 @@ impl StreamDecoder {
                 message: error_text(&err),
             }));
         }
-        if let Some(u) = r.usage_metadata {
+        if let Some(u) = r.usage_metadata.take() {
             self.usage = Some(u);
         }
+        let was_finished = self.finished;
+        let mut out = self.events(r);
+        if self.finished && !was_finished {
+            if let Some(u) = self.usage {
+                out.push(ChatEvent::Usage(u.to_canonical()));
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    /// Text, reasoning, tool calls and the finish of one response (usage aside). Gemini
+    /// says STOP after a function call; OpenAI clients expect `tool_calls`, so it becomes
+    /// that. A prompt blocked before generation (no candidates,
+    /// `promptFeedback.blockReason`) is a `content_filter` finish with no content.
+    fn events(&mut self, r: GResponse) -> Vec<ChatEvent> {
         let mut out = Vec::new();
         let mut finish = None;
         if let Some(c) = r.candidates.into_iter().next() {
@@ -559,11 +525,8 @@ impl StreamDecoder {
             }
             self.finished = true;
             out.push(ChatEvent::Finish(f));
-            if let Some(u) = self.usage {
-                out.push(ChatEvent::Usage(u.to_canonical()));
-            }
         }
-        Ok(Ok(out))
+        out
     }
 }
 

@@ -129,9 +129,16 @@ fn describe(s: &Settings) -> String {
     );
     let _ = writeln!(o, "providers:");
     for p in &s.providers {
+        let mut extra = String::new();
+        if let Some(v) = &p.api_version {
+            extra.push_str(&format!(" api_version={v}"));
+        }
+        if p.discover_models {
+            extra.push_str(" discover_models");
+        }
         let _ = writeln!(
             o,
-            "  {:<16} kind={:<10} base_url={} api_key={}",
+            "  {:<16} kind={:<10} base_url={} api_key={}{extra}",
             p.name,
             p.kind.as_str(),
             p.base_url.as_deref().unwrap_or("-"),

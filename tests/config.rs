@@ -298,3 +298,38 @@ fn secrets_never_show_in_debug_output() {
         assert!(!dump.contains(secret), "{secret} leaked in Debug");
     }
 }
+
+#[test]
+fn every_provider_kind_loads_from_both_formats_to_the_same_routes() {
+    let mut e = example_env();
+    e.insert("AZURE_API_KEY".into(), "az-test-key-000000".into());
+    e.insert("GEMINI_API_KEY".into(), "gm-test-key-000000".into());
+    let native = load_file("providers.yaml", &e).unwrap();
+    let litellm = load_file("litellm-providers.yaml", &e).unwrap();
+    assert_eq!(native.routes(), litellm.routes());
+    let kinds: Vec<&str> = native.routes().iter().map(|r| r.kind).collect();
+    for kind in [
+        "openai",
+        "vllm",
+        "anthropic",
+        "azure",
+        "gemini",
+        "ollama",
+        "mock",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    let azure = native.provider("azure").unwrap();
+    assert_eq!(azure.api_version.as_deref(), Some("2024-10-21"));
+    assert_eq!(
+        litellm
+            .providers
+            .iter()
+            .find(|p| p.name == "azure")
+            .unwrap()
+            .api_version,
+        azure.api_version
+    );
+    llm_proxy::router::Router::new(&native).unwrap();
+    llm_proxy::router::Router::new(&litellm).unwrap();
+}

@@ -535,3 +535,25 @@ fn ollama_tags_list_model_names() {
         ["codellama:13b", "llama3:latest"]
     );
 }
+
+#[test]
+fn unicode_split_at_every_byte_decodes_the_same() {
+    let text = String::from_utf8(fixture("anthropic/stream_text.sse"))
+        .unwrap()
+        .replace("\"Hello\"", "\"Héllo 🙂 漢字\"");
+    let bytes = text.as_bytes();
+    let cuts = bytes.iter().position(|b| *b == 0xF0).unwrap();
+    for at in cuts.saturating_sub(8)..(cuts + 8).min(bytes.len()) {
+        let mut d = SseDecoder::new(1 << 20);
+        let mut events = Vec::new();
+        d.feed(&bytes[..at], &mut events).unwrap();
+        d.feed(&bytes[at..], &mut events).unwrap();
+        d.finish(&mut events).unwrap();
+        let mut a = anthropic::StreamDecoder::new();
+        let decoded: Vec<ChatEvent> = events
+            .iter()
+            .flat_map(|e| a.decode(&e.data).unwrap().unwrap())
+            .collect();
+        assert_eq!(fold(&decoded).text, "Héllo 🙂 漢字 there!", "split at {at}");
+    }
+}

@@ -42,7 +42,15 @@ pub fn build(
         ProviderKind::Anthropic => {
             Provider::Anthropic(AnthropicProvider::new(client, base, key, headers))
         }
-        ProviderKind::Gemini => Provider::Gemini(GeminiProvider::new(client, base, key, headers)),
+        // A Gemini base given as the host root gets the API version Gemini's docs use.
+        ProviderKind::Gemini => {
+            let base = if has_version_segment(base) {
+                base.to_owned()
+            } else {
+                with_suffix(base, "/v1beta")
+            };
+            Provider::Gemini(GeminiProvider::new(client, &base, key, headers))
+        }
         ProviderKind::Azure => Provider::OpenAi(OpenAiProvider::azure(
             client,
             base,
@@ -50,15 +58,35 @@ pub fn build(
             key,
             headers,
         )),
+        // LiteLLM writes an Ollama api_base as the host root (`http://localhost:11434`);
+        // its OpenAI-compatible API lives under /v1.
         ProviderKind::Ollama => Provider::OpenAi(OpenAiProvider::with_flavor(
             client,
-            base,
+            &with_suffix(base, "/v1"),
             Flavor::Ollama,
             key,
             headers,
         )),
         // The remaining kinds are OpenAI-compatible presets: only their default URL differs.
         _ => Provider::OpenAi(OpenAiProvider::new(client, base, key, headers)),
+    })
+}
+
+/// `base` ending in `suffix` (added when missing).
+fn with_suffix(base: &str, suffix: &str) -> String {
+    let base = base.trim_end_matches('/');
+    if base.ends_with(suffix) {
+        base.to_owned()
+    } else {
+        format!("{base}{suffix}")
+    }
+}
+
+/// Whether the URL's path has a segment like `v1`, `v1beta` or `v1alpha`.
+fn has_version_segment(base: &str) -> bool {
+    base.split('/').skip(3).any(|seg| {
+        seg.strip_prefix('v')
+            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
     })
 }
 
@@ -77,4 +105,29 @@ fn headers(p: &ProviderSettings) -> Result<http::HeaderMap, BuildError> {
         headers.insert(name, value);
     }
     Ok(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_conventions() {
+        assert_eq!(
+            with_suffix("http://localhost:11434", "/v1"),
+            "http://localhost:11434/v1"
+        );
+        assert_eq!(
+            with_suffix("http://localhost:11434/v1/", "/v1"),
+            "http://localhost:11434/v1"
+        );
+        assert!(has_version_segment(
+            "https://generativelanguage.googleapis.com/v1beta"
+        ));
+        assert!(has_version_segment("http://127.0.0.1:9/v1"));
+        assert!(!has_version_segment(
+            "https://generativelanguage.googleapis.com"
+        ));
+        assert!(!has_version_segment("http://v1.example.com"));
+    }
 }

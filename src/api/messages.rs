@@ -5,10 +5,10 @@ use axum::Json;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, Uri};
 use serde_json::json;
 
-use super::serve::{Dialect, serve};
+use super::serve::{Dialect, Exchange, StreamSummary, serve};
 use super::{AppStateRef, RequestCtx, body};
 use crate::error::ProxyError;
 use crate::types::{ChatRequest, ChatResponse, StreamChunk};
@@ -20,9 +20,10 @@ pub(crate) struct Anthropic;
 
 impl Dialect for Anthropic {
     const ENDPOINT: &'static str = "messages";
+    type Options = ();
     type Stream = EventEncoder;
 
-    fn decode(bytes: &[u8]) -> Result<ChatRequest, ProxyError> {
+    fn decode(bytes: &[u8], _: &HeaderMap, _: &Uri) -> Result<(ChatRequest, ()), ProxyError> {
         let r: MessagesRequest = body::decode(bytes)?;
         if r.max_tokens.is_none() {
             return Err(ProxyError::invalid(
@@ -30,7 +31,7 @@ impl Dialect for Anthropic {
                 "`max_tokens` is required",
             ));
         }
-        Ok(decode_request(r))
+        Ok((decode_request(r), ()))
     }
 
     /// Anthropic's error shape (`{"type":"error","error":{…}}`), carrying our stable code
@@ -52,11 +53,11 @@ impl Dialect for Anthropic {
         resp
     }
 
-    fn body(resp: ChatResponse, model: &str) -> Bytes {
-        Bytes::from(encode_response(&resp, model))
+    fn body(resp: ChatResponse, _: &(), x: &Exchange<'_>) -> Bytes {
+        Bytes::from(encode_response(&resp, x.model))
     }
 
-    fn stream_start(req: &ChatRequest) -> EventEncoder {
+    fn stream_start(req: &ChatRequest, _: (), _: &Exchange<'_>) -> EventEncoder {
         EventEncoder::new(uuid::Uuid::new_v4().simple().to_string(), req.model.clone())
     }
 
@@ -72,7 +73,7 @@ impl Dialect for Anthropic {
         st.error(err, request_id)
     }
 
-    fn stream_end(st: &mut EventEncoder) -> Bytes {
+    fn stream_end(st: &mut EventEncoder, _: &StreamSummary) -> Bytes {
         let mut frames = Vec::new();
         st.finish(&mut frames);
         join(frames).unwrap_or_default()
@@ -91,9 +92,10 @@ pub async fn messages(
     state: AppStateRef,
     ctx: RequestCtx,
     headers: HeaderMap,
+    uri: Uri,
     raw: Body,
 ) -> Response {
-    serve::<Anthropic>(state, ctx, headers, raw).await
+    serve::<Anthropic>(state, ctx, headers, uri, raw).await
 }
 
 /// An estimate (about four characters a token) — enough for clients that budget context;

@@ -4,6 +4,7 @@
 mod auth;
 mod body;
 mod error;
+mod llm;
 mod messages;
 mod models;
 mod openai;
@@ -152,6 +153,12 @@ pub fn app(state: Arc<AppState>) -> HttpRouter {
         .route("/models", get(models::openai_models))
         .route("/v1/llm/models", get(models::llm_models))
         .route("/llm/models", get(models::llm_models))
+        .route("/llm/chat", post(llm::chat))
+        .route("/v1/llm/chat", post(llm::chat))
+        .route("/llm/stream", post(llm::stream))
+        .route("/v1/llm/stream", post(llm::stream))
+        .route("/llm/completions", post(llm::completions))
+        .route("/v1/llm/completions", post(llm::completions))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,

@@ -3,9 +3,9 @@
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, Uri};
 
-use super::serve::{Dialect, serve};
+use super::serve::{Dialect, Exchange, StreamSummary, serve};
 use super::{ApiError, AppStateRef, RequestCtx, body};
 use crate::error::ProxyError;
 use crate::providers::mock::unix_now;
@@ -22,10 +22,11 @@ pub(crate) struct OpenAiStream {
 
 impl Dialect for OpenAi {
     const ENDPOINT: &'static str = "chat_completions";
+    type Options = ();
     type Stream = OpenAiStream;
 
-    fn decode(bytes: &[u8]) -> Result<ChatRequest, ProxyError> {
-        body::decode(bytes)
+    fn decode(bytes: &[u8], _: &HeaderMap, _: &Uri) -> Result<(ChatRequest, ()), ProxyError> {
+        Ok((body::decode(bytes)?, ()))
     }
 
     fn error(err: ProxyError, ctx: &RequestCtx) -> Response {
@@ -33,14 +34,14 @@ impl Dialect for OpenAi {
     }
 
     /// The upstream's own body when it spoke OpenAI (verbatim), else encoded.
-    fn body(resp: ChatResponse, model: &str) -> Bytes {
+    fn body(resp: ChatResponse, _: &(), x: &Exchange<'_>) -> Bytes {
         match resp.raw_openai {
             Some(raw) => raw,
-            None => Bytes::from(encode_response(&resp, model)),
+            None => Bytes::from(encode_response(&resp, x.model)),
         }
     }
 
-    fn stream_start(req: &ChatRequest) -> OpenAiStream {
+    fn stream_start(req: &ChatRequest, _: (), _: &Exchange<'_>) -> OpenAiStream {
         OpenAiStream {
             encoder: ChunkEncoder::new(
                 format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
@@ -77,7 +78,7 @@ impl Dialect for OpenAi {
         Bytes::from(frame)
     }
 
-    fn stream_end(_: &mut OpenAiStream) -> Bytes {
+    fn stream_end(_: &mut OpenAiStream, _: &StreamSummary) -> Bytes {
         Bytes::from_static(DONE_FRAME)
     }
 }
@@ -86,7 +87,8 @@ pub async fn chat_completions(
     state: AppStateRef,
     ctx: RequestCtx,
     headers: HeaderMap,
+    uri: Uri,
     raw: Body,
 ) -> Response {
-    serve::<OpenAi>(state, ctx, headers, raw).await
+    serve::<OpenAi>(state, ctx, headers, uri, raw).await
 }

@@ -2,12 +2,13 @@
 //! admit, route, encode, log — parameterized by the client's [`Dialect`].
 
 use std::convert::Infallible;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{AppState, AppStateRef, Logged, RequestCtx, body, validate};
@@ -17,23 +18,59 @@ use crate::router::{OpenStream, Outcome};
 use crate::telemetry::RequestLog;
 use crate::types::{ChatRequest, ChatResponse, StreamChunk};
 
+/// What a reply is about, for dialects that report it: the model asked for, the request
+/// (trace) id, where it was served and when it started.
+pub(crate) struct Exchange<'a> {
+    pub model: &'a str,
+    pub request_id: &'a str,
+    pub outcome: &'a Outcome,
+    pub started: Instant,
+}
+
+impl Exchange<'_> {
+    /// The provider that served (or failed last).
+    pub fn provider(&self) -> Option<&str> {
+        self.outcome
+            .deployment
+            .as_ref()
+            .map(|d| d.provider.name.as_str())
+    }
+}
+
+/// How a stream went, for dialects that end with a summary.
+pub(crate) struct StreamSummary {
+    pub latency: Duration,
+    pub ttft: Option<Duration>,
+    pub tokens_per_sec: Option<f64>,
+}
+
 /// A client dialect: how its requests decode and its replies, streams and errors encode.
 pub(crate) trait Dialect: Send + Sync + 'static {
     /// The endpoint name logs use.
     const ENDPOINT: &'static str;
+    /// What the client chose besides the request body (e.g. a stream format from `Accept`).
+    type Options: Send + 'static;
     /// Per-stream encoder state.
     type Stream: Send + 'static;
 
-    fn decode(bytes: &[u8]) -> Result<ChatRequest, ProxyError>;
+    fn decode(
+        bytes: &[u8],
+        headers: &HeaderMap,
+        uri: &Uri,
+    ) -> Result<(ChatRequest, Self::Options), ProxyError>;
     /// The error response in this dialect's shape.
     fn error(err: ProxyError, ctx: &RequestCtx) -> Response;
     /// A complete reply body (JSON).
-    fn body(resp: ChatResponse, model: &str) -> Bytes;
-    fn stream_start(req: &ChatRequest) -> Self::Stream;
+    fn body(resp: ChatResponse, opts: &Self::Options, x: &Exchange<'_>) -> Bytes;
+    fn stream_start(req: &ChatRequest, opts: Self::Options, x: &Exchange<'_>) -> Self::Stream;
+    /// The stream's `Content-Type`.
+    fn stream_content_type(_: &Self::Stream) -> &'static str {
+        "text/event-stream"
+    }
     /// Frames for one upstream chunk; `None` when it has nothing for this client.
     fn stream_chunk(st: &mut Self::Stream, chunk: StreamChunk) -> Option<Bytes>;
     fn stream_error(st: &mut Self::Stream, err: &ProxyError, request_id: &str) -> Bytes;
-    fn stream_end(st: &mut Self::Stream) -> Bytes;
+    fn stream_end(st: &mut Self::Stream, summary: &StreamSummary) -> Bytes;
 }
 
 fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, ProxyError> {
@@ -76,9 +113,11 @@ fn fail<D: Dialect>(mut log: RequestLog, err: ProxyError, ctx: &RequestCtx) -> R
 fn prepare<D: Dialect>(
     state: &AppState,
     bytes: &[u8],
+    headers: &HeaderMap,
+    uri: &Uri,
     log: &mut RequestLog,
-) -> Result<ChatRequest, ProxyError> {
-    let mut req = D::decode(bytes)?;
+) -> Result<(ChatRequest, D::Options), ProxyError> {
+    let (mut req, opts) = D::decode(bytes, headers, uri)?;
     if req.model.trim().is_empty() {
         match &state.default_model {
             Some(m) => req.model = m.clone(),
@@ -93,7 +132,7 @@ fn prepare<D: Dialect>(
     log.model = Some(req.model.as_str().into());
     log.stream = req.is_stream();
     validate::chat_request(&req)?;
-    Ok(req)
+    Ok((req, opts))
 }
 
 /// The handler body for any dialect.
@@ -101,6 +140,7 @@ pub(crate) async fn serve<D: Dialect>(
     state: AppStateRef,
     ctx: RequestCtx,
     headers: HeaderMap,
+    uri: Uri,
     raw: Body,
 ) -> Response {
     let state = state.0;
@@ -109,7 +149,7 @@ pub(crate) async fn serve<D: Dialect>(
         Ok(b) => b,
         Err(e) => return fail::<D>(log, e, &ctx),
     };
-    let req = match prepare::<D>(&state, &bytes, &mut log) {
+    let (req, opts) = match prepare::<D>(&state, &bytes, &headers, &uri, &mut log) {
         Ok(r) => r,
         Err(e) => return fail::<D>(log, e, &ctx),
     };
@@ -127,7 +167,7 @@ pub(crate) async fn serve<D: Dialect>(
         let opened = state.router.chat_stream(&req, &route, &mut outcome).await;
         log.outcome = outcome;
         match opened {
-            Ok(open) => stream_response::<D>(&req, open, log, permit),
+            Ok(open) => stream_response::<D>(&req, opts, open, log, permit),
             Err(e) => fail::<D>(log, e, &ctx),
         }
     } else {
@@ -139,10 +179,17 @@ pub(crate) async fn serve<D: Dialect>(
                 log.stats.usage = resp.usage;
                 log.stats.finish = resp.finish_reason;
                 log.emit("ok");
+                let x = Exchange {
+                    model: &req.model,
+                    request_id: &ctx.id,
+                    outcome: &log.outcome,
+                    started: log.started,
+                };
+                let body = D::body(resp, &opts, &x);
                 let mut out = (
                     StatusCode::OK,
                     [(http::header::CONTENT_TYPE, "application/json")],
-                    D::body(resp, &req.model),
+                    body,
                 )
                     .into_response();
                 routing_headers(out.headers_mut(), &req.model, &log.outcome);
@@ -156,16 +203,28 @@ pub(crate) async fn serve<D: Dialect>(
 
 fn stream_response<D: Dialect>(
     req: &ChatRequest,
+    opts: D::Options,
     open: OpenStream,
     log: RequestLog,
     permit: OwnedSemaphorePermit,
 ) -> Response {
     let mut headers = HeaderMap::new();
     routing_headers(&mut headers, &req.model, &log.outcome);
+    let enc = D::stream_start(
+        req,
+        opts,
+        &Exchange {
+            model: &req.model,
+            request_id: &log.request_id,
+            outcome: &log.outcome,
+            started: log.started,
+        },
+    );
+    let content_type = D::stream_content_type(&enc);
     let st = SseState::<D> {
         first: open.first,
         rest: open.rest,
-        enc: D::stream_start(req),
+        enc,
         log,
         _permit: permit,
         finished: false,
@@ -173,7 +232,7 @@ fn stream_response<D: Dialect>(
     let mut resp = (
         StatusCode::OK,
         [
-            (http::header::CONTENT_TYPE, "text/event-stream"),
+            (http::header::CONTENT_TYPE, content_type),
             (http::header::CACHE_CONTROL, "no-cache"),
         ],
         Body::from_stream(sse_body(st)),
@@ -232,8 +291,14 @@ fn sse_body<D: Dialect>(
                 }
                 None => {
                     st.finished = true;
+                    let latency = st.log.started.elapsed();
+                    let summary = StreamSummary {
+                        latency,
+                        ttft: st.log.stats.ttft,
+                        tokens_per_sec: st.log.stats.tokens_per_sec(latency),
+                    };
                     st.log.emit("ok");
-                    return Some((Ok(D::stream_end(&mut st.enc)), st));
+                    return Some((Ok(D::stream_end(&mut st.enc, &summary)), st));
                 }
             }
         }

@@ -29,6 +29,14 @@ impl StreamStats {
             _ => {}
         }
     }
+
+    /// Output tokens per second of generation (after the first token), when known.
+    pub fn tokens_per_sec(&self, latency: Duration) -> Option<f64> {
+        let n = self.usage.map(|u| u.completion_tokens)?;
+        let ttft = self.ttft?;
+        (n > 0 && latency > ttft)
+            .then(|| ((n as f64) / (latency - ttft).as_secs_f64() * 10.0).round() / 10.0)
+    }
 }
 
 pub struct RequestLog {
@@ -75,12 +83,7 @@ impl RequestLog {
         let dep = self.outcome.deployment.as_ref();
         let usage = self.stats.usage;
         let tokens_out = usage.map(|u| u.completion_tokens);
-        let tokens_per_sec = match (tokens_out, self.stats.ttft) {
-            (Some(n), Some(ttft)) if n > 0 && latency > ttft => {
-                Some(((n as f64) / (latency - ttft).as_secs_f64() * 10.0).round() / 10.0)
-            }
-            _ => None,
-        };
+        let tokens_per_sec = self.stats.tokens_per_sec(latency);
         let error_code = self.error.as_ref().map(|e| e.code.as_str());
         let error_message = self.error.as_ref().map(|e| e.message.as_str());
         // `tracing` needs the level at compile time, so the one field list is a macro.

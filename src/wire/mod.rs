@@ -4,5 +4,6 @@
 
 pub mod anthropic;
 pub mod gemini;
+pub mod llm;
 pub mod openai;
 pub mod sse;

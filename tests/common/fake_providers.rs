@@ -78,6 +78,17 @@ fn sse_fixture(path: &str) -> Response {
         .into_response()
 }
 
+/// `data:` events built in the test, for scenarios no recorded transcript covers.
+fn sse_frames(events: Vec<Value>) -> Response {
+    let body: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    (
+        StatusCode::OK,
+        [(http::header::CONTENT_TYPE, "text/event-stream")],
+        body,
+    )
+        .into_response()
+}
+
 fn json_fixture(status: u16, path: &str) -> Response {
     (
         StatusCode::from_u16(status).unwrap(),
@@ -161,6 +172,10 @@ async fn gemini(
     let (model, method) = target.split_once(':').unwrap_or((&target, ""));
     let stream = method == "streamGenerateContent";
     match model {
+        "error" if stream => sse_frames(vec![
+            json!({"candidates": [{"content": {"parts": [{"text": "Part"}], "role": "model"}}]}),
+            json!({"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}),
+        ]),
         "bad" => (
             StatusCode::BAD_REQUEST,
             axum::Json(json!({"error": {"code": 400, "message": "Function call is missing a thought_signature in functionCall parts.", "status": "INVALID_ARGUMENT"}})),
@@ -192,6 +207,24 @@ async fn azure(
     );
     match deployment.as_str() {
         "filtered" => json_fixture(400, "azure/error_content_filter.json"),
+        // Azure speaks OpenAI's stream format: the OpenAI tool-call transcript applies.
+        "tools" => sse_fixture("openai/stream_tool_calls.sse"),
+        "reasoning" => sse_frames(vec![
+            json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "o",
+                   "choices": [{"index": 0, "delta": {"role": "assistant", "reasoning_content": "Let me think."}, "finish_reason": null}]}),
+            json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "o",
+                   "choices": [{"index": 0, "delta": {"content": "Four."}, "finish_reason": null}]}),
+            json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "o",
+                   "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+            json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "o", "choices": [],
+                   "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12,
+                             "completion_tokens_details": {"reasoning_tokens": 4}}}),
+        ]),
+        "error" => sse_frames(vec![
+            json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "o",
+                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Part"}, "finish_reason": null}]}),
+            json!({"error": {"message": "The server had an error processing your request.", "type": "server_error"}}),
+        ]),
         _ if body["stream"].as_bool() == Some(true) => sse_fixture("azure/stream_text.sse"),
         _ => json_fixture(200, "azure/response_content_filter.json"),
     }

@@ -244,6 +244,12 @@ async fn chat(
                 .to_owned();
             error_response(401, &format!("Incorrect API key provided: {auth}"))
         }
+        "tools" if !stream => (
+            StatusCode::OK,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            fake_providers::fixture("openai/response_tool_calls.json"),
+        )
+            .into_response(),
         _ if !stream => Json(completion_body()).into_response(),
         "tools" => sse_response(stream_body(
             st.clone(),
@@ -286,6 +292,20 @@ async fn chat(
             sse_response(body)
         }
         "garbage" => sse_response(Body::from("data: {not json\n\n")),
+        "reasoning" => {
+            // DeepSeek / vLLM style: reasoning deltas before the answer.
+            let mut chunks = vec![chunk(json!({"role": "assistant", "content": null}), None)];
+            for piece in ["Let me", " think."] {
+                chunks.push(chunk(json!({"reasoning_content": piece}), None));
+            }
+            chunks.extend(text_chunks(&["Four", "."]).into_iter().skip(1));
+            sse_response(stream_body(
+                st.clone(),
+                frames(chunks),
+                Duration::ZERO,
+                false,
+            ))
+        }
         "unicode" => {
             // One multi-byte character split across two network writes.
             let full = format!("data: {}\n\n", chunk(json!({"content": "héllo 🙂"}), None));

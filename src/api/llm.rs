@@ -1,0 +1,270 @@
+//! The spec's normalized API at the edge: `POST /llm/chat` (one reply object),
+//! `POST /llm/stream` (the streaming normalizer's events, SSE or NDJSON) and
+//! `POST /llm/completions` (prompt in, text out, served by chat-only providers too).
+//! Requests are OpenAI-shaped chat requests; the codec is [`crate::wire::llm`].
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, Uri};
+use serde_json::Value;
+
+use super::serve::{Dialect, Exchange, StreamSummary, serve};
+use super::{ApiError, AppStateRef, RequestCtx, body};
+use crate::error::ProxyError;
+use crate::types::{ChatRequest, ChatResponse, StreamChunk};
+use crate::wire::llm::{
+    EventEncoder, Meta, StreamFormat, StreamTiming, completion_to_chat, encode_chat,
+    encode_completion,
+};
+
+/// What the client chose besides the chat request itself.
+pub(crate) struct LlmOptions {
+    format: StreamFormat,
+    /// Send `tool_call_delta` events as arguments arrive.
+    deltas: bool,
+    /// Reply in the completion shape (`text`) instead of the chat shape (`message`).
+    completion: bool,
+}
+
+/// `?format=ndjson|sse` wins over `Accept: application/x-ndjson`; SSE otherwise.
+fn stream_format(headers: &HeaderMap, uri: &Uri) -> Result<StreamFormat, ProxyError> {
+    let query_format = uri
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == "format").then_some(v)
+        });
+    match query_format {
+        Some("ndjson" | "jsonl") => return Ok(StreamFormat::Ndjson),
+        Some("sse") => return Ok(StreamFormat::Sse),
+        Some(other) => {
+            return Err(ProxyError::invalid(
+                "format",
+                format!("unknown stream format `{other}` (use sse or ndjson)"),
+            ));
+        }
+        None => {}
+    }
+    let accept = headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    Ok(
+        if accept.contains("application/x-ndjson") || accept.contains("application/jsonl") {
+            StreamFormat::Ndjson
+        } else {
+            StreamFormat::Sse
+        },
+    )
+}
+
+/// Takes our own fields out of the request, so they never reach an upstream.
+fn take_deltas(req: &mut ChatRequest) -> Result<bool, ProxyError> {
+    match req.extra.remove("tool_call_deltas") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(b),
+        Some(_) => Err(ProxyError::invalid(
+            "tool_call_deltas",
+            "`tool_call_deltas` must be a boolean",
+        )),
+    }
+}
+
+fn meta<'a>(x: &'a Exchange<'a>) -> Meta<'a> {
+    Meta {
+        trace_id: x.request_id,
+        model: x.model,
+        provider: x.provider(),
+    }
+}
+
+/// The encoding every `/llm/*` endpoint shares; each endpoint only decodes differently.
+trait LlmEndpoint: Send + Sync + 'static {
+    const ENDPOINT: &'static str;
+    fn decode(
+        bytes: &[u8],
+        headers: &HeaderMap,
+        uri: &Uri,
+    ) -> Result<(ChatRequest, LlmOptions), ProxyError>;
+}
+
+impl<E: LlmEndpoint> Dialect for E {
+    const ENDPOINT: &'static str = <E as LlmEndpoint>::ENDPOINT;
+    type Options = LlmOptions;
+    type Stream = EventEncoder;
+
+    fn decode(
+        bytes: &[u8],
+        headers: &HeaderMap,
+        uri: &Uri,
+    ) -> Result<(ChatRequest, LlmOptions), ProxyError> {
+        <E as LlmEndpoint>::decode(bytes, headers, uri)
+    }
+
+    fn error(err: ProxyError, ctx: &RequestCtx) -> Response {
+        ApiError::new(err, ctx).into_response()
+    }
+
+    fn body(resp: ChatResponse, opts: &LlmOptions, x: &Exchange<'_>) -> Bytes {
+        let latency = x.started.elapsed();
+        Bytes::from(if opts.completion {
+            encode_completion(&resp, meta(x), latency)
+        } else {
+            encode_chat(&resp, meta(x), latency)
+        })
+    }
+
+    fn stream_start(_: &ChatRequest, opts: LlmOptions, x: &Exchange<'_>) -> EventEncoder {
+        EventEncoder::new(opts.format, opts.deltas, meta(x))
+    }
+
+    fn stream_content_type(st: &EventEncoder) -> &'static str {
+        st.format().content_type()
+    }
+
+    fn stream_chunk(st: &mut EventEncoder, chunk: StreamChunk) -> Option<Bytes> {
+        let mut out = Vec::new();
+        for ev in &chunk.events {
+            st.encode(ev, &mut out);
+        }
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+
+    fn stream_error(st: &mut EventEncoder, err: &ProxyError, request_id: &str) -> Bytes {
+        Bytes::from(st.error(err, request_id))
+    }
+
+    fn stream_end(st: &mut EventEncoder, s: &StreamSummary) -> Bytes {
+        let mut out = Vec::new();
+        st.finish(
+            StreamTiming {
+                latency: s.latency,
+                ttft: s.ttft,
+                tokens_per_sec: s.tokens_per_sec,
+            },
+            &mut out,
+        );
+        Bytes::from(out)
+    }
+}
+
+pub(crate) struct Chat;
+
+impl LlmEndpoint for Chat {
+    const ENDPOINT: &'static str = "llm_chat";
+
+    fn decode(
+        bytes: &[u8],
+        _: &HeaderMap,
+        _: &Uri,
+    ) -> Result<(ChatRequest, LlmOptions), ProxyError> {
+        let mut req: ChatRequest = body::decode(bytes)?;
+        if req.stream == Some(true) {
+            return Err(ProxyError::invalid(
+                "stream",
+                "/llm/chat answers with one object; POST /llm/stream to stream",
+            ));
+        }
+        req.stream = Some(false);
+        let deltas = take_deltas(&mut req)?;
+        Ok((
+            req,
+            LlmOptions {
+                format: StreamFormat::Sse,
+                deltas,
+                completion: false,
+            },
+        ))
+    }
+}
+
+pub(crate) struct Stream;
+
+impl LlmEndpoint for Stream {
+    const ENDPOINT: &'static str = "llm_stream";
+
+    fn decode(
+        bytes: &[u8],
+        headers: &HeaderMap,
+        uri: &Uri,
+    ) -> Result<(ChatRequest, LlmOptions), ProxyError> {
+        let format = stream_format(headers, uri)?;
+        let mut req: ChatRequest = body::decode(bytes)?;
+        req.stream = Some(true);
+        let deltas = take_deltas(&mut req)?;
+        Ok((
+            req,
+            LlmOptions {
+                format,
+                deltas,
+                completion: false,
+            },
+        ))
+    }
+}
+
+pub(crate) struct Completions;
+
+impl LlmEndpoint for Completions {
+    const ENDPOINT: &'static str = "llm_completions";
+
+    /// `stream: true` streams the same events as `/llm/stream`.
+    fn decode(
+        bytes: &[u8],
+        headers: &HeaderMap,
+        uri: &Uri,
+    ) -> Result<(ChatRequest, LlmOptions), ProxyError> {
+        let format = stream_format(headers, uri)?;
+        let Value::Object(map) = body::decode::<Value>(bytes)? else {
+            return Err(ProxyError::invalid(
+                "(body)",
+                "the request body must be a JSON object",
+            ));
+        };
+        let chat = completion_to_chat(map)?;
+        let mut req: ChatRequest = serde_json::from_value(chat)
+            .map_err(|e| ProxyError::invalid("(body)", format!("invalid request: {e}")))?;
+        let deltas = take_deltas(&mut req)?;
+        Ok((
+            req,
+            LlmOptions {
+                format,
+                deltas,
+                completion: true,
+            },
+        ))
+    }
+}
+
+pub async fn chat(
+    state: AppStateRef,
+    ctx: RequestCtx,
+    headers: HeaderMap,
+    uri: Uri,
+    raw: Body,
+) -> Response {
+    serve::<Chat>(state, ctx, headers, uri, raw).await
+}
+
+pub async fn stream(
+    state: AppStateRef,
+    ctx: RequestCtx,
+    headers: HeaderMap,
+    uri: Uri,
+    raw: Body,
+) -> Response {
+    serve::<Stream>(state, ctx, headers, uri, raw).await
+}
+
+pub async fn completions(
+    state: AppStateRef,
+    ctx: RequestCtx,
+    headers: HeaderMap,
+    uri: Uri,
+    raw: Body,
+) -> Response {
+    serve::<Completions>(state, ctx, headers, uri, raw).await
+}

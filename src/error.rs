@@ -7,7 +7,7 @@ use serde::Serialize;
 
 /// Stable error codes. Each maps to exactly one HTTP status; clients switch on the code,
 /// never on the message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     InvalidRequest,
@@ -112,20 +112,48 @@ impl ProxyError {
         self
     }
 
+    /// The error object (`message`, `type`, `code`, `param`, `request_id`,
+    /// `upstream_status`) as clients see it.
+    pub fn object<'a>(&'a self, request_id: &'a str) -> ErrorObject<'a> {
+        ErrorObject {
+            message: &self.message,
+            kind: self.code.error_type(),
+            code: self.code,
+            param: self.param.as_deref(),
+            request_id,
+            upstream_status: self.upstream_status,
+        }
+    }
+
     /// The JSON envelope every error response and every stream error event carries.
     pub fn envelope(&self, request_id: &str) -> serde_json::Value {
-        let mut inner = serde_json::json!({
-            "message": self.message,
-            "type": self.code.error_type(),
-            "code": self.code.as_str(),
-            "param": self.param,
-            "request_id": request_id,
-        });
-        if let (Some(status), Some(obj)) = (self.upstream_status, inner.as_object_mut()) {
-            obj.insert("upstream_status".into(), status.into());
-        }
-        serde_json::json!({ "error": inner })
+        serde_json::json!({ "error": self.object(request_id) })
     }
+}
+
+/// The error object inside every error response (`{"error": …}`) and stream error event.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorObject<'a> {
+    /// Human-readable; never contains a secret.
+    pub message: &'a str,
+    /// OpenAI-style error type, so SDKs raise their usual exception classes.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The stable code to switch on.
+    pub code: ErrorCode,
+    /// The offending request field, for invalid requests.
+    pub param: Option<&'a str>,
+    /// The request (trace) id, also in the `x-request-id` header.
+    pub request_id: &'a str,
+    /// The upstream's HTTP status, when the upstream failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<u16>,
+}
+
+/// `{"error": {…}}`: the body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorEnvelope<'a> {
+    pub error: ErrorObject<'a>,
 }
 
 #[cfg(test)]

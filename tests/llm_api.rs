@@ -377,3 +377,95 @@ async fn llm_completions_take_a_prompt_and_work_with_chat_only_providers() {
         assert_eq!(got["error"]["code"], "INVALID_REQUEST");
     }
 }
+
+/// Every `$ref` in `v`.
+fn refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("$ref", Value::String(r)) => out.push(r.clone()),
+                    _ => refs(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn openapi_describes_every_endpoint_and_docs_render_it() {
+    let px =
+        proxy("providers: { mock: { kind: mock } }\nauth: { master_key: mk-0123456789 }\n").await;
+    // Both are public, like /health: the description holds no secret.
+    let spec: Value = client()
+        .get(format!("{}/openapi.json", px.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(spec["openapi"], "3.1.0");
+    for (path, method) in [
+        ("/llm/chat", "post"),
+        ("/llm/stream", "post"),
+        ("/llm/completions", "post"),
+        ("/llm/models", "get"),
+        ("/v1/chat/completions", "post"),
+        ("/v1/messages", "post"),
+        ("/v1/messages/count_tokens", "post"),
+        ("/v1/models", "get"),
+        ("/health", "get"),
+    ] {
+        assert!(
+            spec["paths"][path][method].is_object(),
+            "{path} {method} missing"
+        );
+    }
+    let stream = &spec["paths"]["/llm/stream"]["post"]["responses"]["200"]["content"];
+    assert!(stream["text/event-stream"].is_object() && stream["application/x-ndjson"].is_object());
+    let mut all = Vec::new();
+    refs(&spec, &mut all);
+    assert!(all.len() > 20);
+    for r in all {
+        let name = r.strip_prefix("#/components/schemas/").unwrap();
+        assert!(
+            spec["components"]["schemas"][name].is_object(),
+            "dangling {r}"
+        );
+    }
+    let events = &spec["components"]["schemas"]["StreamEvent"]["oneOf"];
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["properties"]["type"]["enum"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "token",
+            "reasoning",
+            "tool_call_delta",
+            "tool_call",
+            "end",
+            "error"
+        ]
+    );
+
+    let page = client()
+        .get(format!("{}/docs", px.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(page.text().await.unwrap().contains("/openapi.json"));
+}

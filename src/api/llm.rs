@@ -9,13 +9,14 @@ use bytes::Bytes;
 use http::{HeaderMap, Uri};
 use serde_json::Value;
 
+use super::openapi::CompletionRequest;
 use super::serve::{Dialect, Exchange, StreamSummary, serve};
 use super::{ApiError, AppStateRef, RequestCtx, body};
-use crate::error::ProxyError;
+use crate::error::{ErrorEnvelope, ProxyError};
 use crate::types::{ChatRequest, ChatResponse, StreamChunk};
 use crate::wire::llm::{
-    EventEncoder, Meta, StreamFormat, StreamTiming, completion_to_chat, encode_chat,
-    encode_completion,
+    EventEncoder, LlmChatResponse, LlmCompletionResponse, Meta, StreamEvent, StreamFormat,
+    StreamTiming, completion_to_chat, encode_chat, encode_completion,
 };
 
 /// What the client chose besides the chat request itself.
@@ -239,6 +240,20 @@ impl LlmEndpoint for Completions {
     }
 }
 
+/// One normalized reply (`message`, `usage`, `provider`, `trace_id`, `latency_ms`) from
+/// any provider.
+#[utoipa::path(post, path = "/llm/chat", tag = "llm",
+    request_body = ChatRequest,
+    responses(
+        (status = 200, description = "The normalized reply", body = LlmChatResponse),
+        (status = 400, description = "INVALID_REQUEST: bad JSON, types or parameters", body = ErrorEnvelope),
+        (status = 401, description = "UNAUTHORIZED: missing or wrong key", body = ErrorEnvelope),
+        (status = 404, description = "NOT_FOUND: unknown model", body = ErrorEnvelope),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorEnvelope),
+        (status = 502, description = "PROVIDER_ERROR: the upstream failed", body = ErrorEnvelope),
+        (status = 503, description = "UNAVAILABLE: at the concurrency limit", body = ErrorEnvelope),
+        (status = 504, description = "TIMEOUT: the upstream did not answer in time", body = ErrorEnvelope),
+    ))]
 pub async fn chat(
     state: AppStateRef,
     ctx: RequestCtx,
@@ -249,6 +264,23 @@ pub async fn chat(
     serve::<Chat>(state, ctx, headers, uri, raw).await
 }
 
+/// The streaming normalizer: `token`, `reasoning`, `tool_call` (and `tool_call_delta` with
+/// `"tool_call_deltas": true`), then `end` or `error`. SSE with named events by default;
+/// JSON lines with `Accept: application/x-ndjson` or `?format=ndjson`.
+#[utoipa::path(post, path = "/llm/stream", tag = "llm",
+    request_body = ChatRequest,
+    params(("format" = Option<String>, Query, description = "`sse` (default) or `ndjson`")),
+    responses(
+        (status = 200, description = "The event stream; each event's `type` is its SSE event name",
+         content((StreamEvent = "text/event-stream"), (StreamEvent = "application/x-ndjson"))),
+        (status = 400, description = "INVALID_REQUEST: bad JSON, types or parameters", body = ErrorEnvelope),
+        (status = 401, description = "UNAUTHORIZED: missing or wrong key", body = ErrorEnvelope),
+        (status = 404, description = "NOT_FOUND: unknown model", body = ErrorEnvelope),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorEnvelope),
+        (status = 502, description = "PROVIDER_ERROR: the upstream failed", body = ErrorEnvelope),
+        (status = 503, description = "UNAVAILABLE: at the concurrency limit", body = ErrorEnvelope),
+        (status = 504, description = "TIMEOUT: the upstream did not answer in time", body = ErrorEnvelope),
+    ))]
 pub async fn stream(
     state: AppStateRef,
     ctx: RequestCtx,
@@ -259,6 +291,20 @@ pub async fn stream(
     serve::<Stream>(state, ctx, headers, uri, raw).await
 }
 
+/// A prompt in, text out, from any provider (chat-only ones included); `stream: true`
+/// streams the same events as `/llm/stream`.
+#[utoipa::path(post, path = "/llm/completions", tag = "llm",
+    request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "The completion", body = LlmCompletionResponse),
+        (status = 400, description = "INVALID_REQUEST: bad JSON, types or parameters", body = ErrorEnvelope),
+        (status = 401, description = "UNAUTHORIZED: missing or wrong key", body = ErrorEnvelope),
+        (status = 404, description = "NOT_FOUND: unknown model", body = ErrorEnvelope),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorEnvelope),
+        (status = 502, description = "PROVIDER_ERROR: the upstream failed", body = ErrorEnvelope),
+        (status = 503, description = "UNAVAILABLE: at the concurrency limit", body = ErrorEnvelope),
+        (status = 504, description = "TIMEOUT: the upstream did not answer in time", body = ErrorEnvelope),
+    ))]
 pub async fn completions(
     state: AppStateRef,
     ctx: RequestCtx,

@@ -88,6 +88,16 @@ fn join(frames: Vec<Bytes>) -> Option<Bytes> {
     }
 }
 
+/// Anthropic Messages, to any model: a `message`, or with `stream: true` Anthropic's event
+/// sequence. Errors use Anthropic's shape (`{"type":"error","error":{…}}`) with our `code`.
+#[utoipa::path(post, path = "/v1/messages", tag = "anthropic",
+    request_body(content = Object, description = "An Anthropic Messages request (`max_tokens` required)"),
+    responses(
+        (status = 200, description = "`message`, or an SSE stream of Anthropic events",
+         content((Object = "application/json"), (String = "text/event-stream"))),
+        (status = 400, description = "invalid_request_error / INVALID_REQUEST", body = Object),
+        (status = 502, description = "api_error / PROVIDER_ERROR", body = Object),
+    ))]
 pub async fn messages(
     state: AppStateRef,
     ctx: RequestCtx,
@@ -100,6 +110,9 @@ pub async fn messages(
 
 /// An estimate (about four characters a token) — enough for clients that budget context;
 /// exact counts need the provider's own tokenizer.
+#[utoipa::path(post, path = "/v1/messages/count_tokens", tag = "anthropic",
+    request_body(content = Object, description = "An Anthropic Messages request without `max_tokens`"),
+    responses((status = 200, description = "`{\"input_tokens\": N}`, an estimate", body = Object)))]
 pub async fn count_tokens(
     state: AppStateRef,
     ctx: RequestCtx,

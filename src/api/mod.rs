@@ -8,6 +8,7 @@ mod llm;
 mod messages;
 mod models;
 mod openai;
+mod openapi;
 mod serve;
 mod validate;
 
@@ -165,6 +166,8 @@ pub fn app(state: Arc<AppState>) -> HttpRouter {
         ));
     HttpRouter::new()
         .route("/health", get(models::health))
+        .route("/openapi.json", get(openapi::spec))
+        .route("/docs", get(openapi::docs))
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)

@@ -14,6 +14,8 @@ struct OpenAiModel<'a> {
     owned_by: &'a str,
 }
 
+#[utoipa::path(get, path = "/v1/models", tag = "meta",
+    responses((status = 200, description = "OpenAI's list shape: `{\"object\":\"list\",\"data\":[{\"id\",\"owned_by\",…}]}`", body = Object)))]
 /// `GET /v1/models`, in OpenAI's list shape: configured models, then the ones providers
 /// with `discover_models` reported.
 pub async fn openai_models(state: AppStateRef) -> Json<serde_json::Value> {
@@ -48,6 +50,8 @@ struct LlmModel<'a> {
     max_tokens: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/llm/models", tag = "meta",
+    responses((status = 200, description = "Configured models, then discovered ones", body = Vec<super::openapi::LlmModel>)))]
 /// `GET /llm/models` and `/v1/llm/models`, in the spec's shape.
 pub async fn llm_models(state: AppStateRef) -> Json<serde_json::Value> {
     let discovered = state.router.discovered_models();
@@ -71,6 +75,8 @@ pub async fn llm_models(state: AppStateRef) -> Json<serde_json::Value> {
     Json(serde_json::to_value(data).unwrap_or_default())
 }
 
+#[utoipa::path(get, path = "/health", tag = "meta", security(()),
+    responses((status = 200, description = "`{status, version, providers, models}`", body = Object)))]
 /// `GET /health`: no auth, so load balancers can probe it.
 pub async fn health(state: AppStateRef) -> Json<serde_json::Value> {
     let providers: Vec<serde_json::Value> = state

@@ -7,7 +7,7 @@ use http::{HeaderMap, Uri};
 
 use super::serve::{Dialect, Exchange, StreamSummary, serve};
 use super::{ApiError, AppStateRef, RequestCtx, body};
-use crate::error::ProxyError;
+use crate::error::{ErrorEnvelope, ProxyError};
 use crate::providers::mock::unix_now;
 use crate::types::{ChatEvent, ChatRequest, ChatResponse, StreamChunk};
 use crate::wire::openai::{ChunkEncoder, encode_response, is_usage_only_chunk};
@@ -83,6 +83,21 @@ impl Dialect for OpenAi {
     }
 }
 
+/// OpenAI Chat Completions: the upstream's reply (or stream of `chat.completion.chunk`s
+/// ending in `data: [DONE]`) in OpenAI's shape, from any provider.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
+    request_body = ChatRequest,
+    responses(
+        (status = 200, description = "`chat.completion`, or with `stream: true` an SSE stream of `chat.completion.chunk`",
+         content((Object = "application/json"), (String = "text/event-stream"))),
+        (status = 400, description = "INVALID_REQUEST: bad JSON, types or parameters", body = ErrorEnvelope),
+        (status = 401, description = "UNAUTHORIZED: missing or wrong key", body = ErrorEnvelope),
+        (status = 404, description = "NOT_FOUND: unknown model", body = ErrorEnvelope),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorEnvelope),
+        (status = 502, description = "PROVIDER_ERROR: the upstream failed", body = ErrorEnvelope),
+        (status = 503, description = "UNAVAILABLE: at the concurrency limit", body = ErrorEnvelope),
+        (status = 504, description = "TIMEOUT: the upstream did not answer in time", body = ErrorEnvelope),
+    ))]
 pub async fn chat_completions(
     state: AppStateRef,
     ctx: RequestCtx,

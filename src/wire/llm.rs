@@ -50,7 +50,8 @@ pub struct Meta<'a> {
     pub provider: Option<&'a str>,
 }
 
-#[derive(Serialize)]
+/// Token counts of a reply.
+#[derive(Serialize, Debug, utoipa::ToSchema)]
 pub struct WireUsage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -78,7 +79,7 @@ impl From<Usage> for WireUsage {
 
 /// A tool call as the normalized API reports it: arguments are the model's JSON text,
 /// exactly as produced (not re-parsed, so nothing is lost if it is not valid JSON).
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, utoipa::ToSchema)]
 pub struct WireToolCall {
     pub id: String,
     pub name: String,
@@ -101,49 +102,141 @@ fn reply_id(resp: &ChatResponse) -> String {
     }
 }
 
+/// The assistant's message in a `/llm/chat` reply.
+#[derive(Serialize, Debug, utoipa::ToSchema)]
+pub struct LlmMessage<'a> {
+    /// Always `assistant`.
+    pub role: &'static str,
+    pub content: Option<&'a str>,
+    pub tool_calls: Vec<WireToolCall>,
+    /// Reasoning / thinking text, where the provider exposes it.
+    pub reasoning: Option<&'a str>,
+}
+
+/// `POST /llm/chat`: one normalized reply, whatever the provider.
+#[derive(Serialize, Debug, utoipa::ToSchema)]
+pub struct LlmChatResponse<'a> {
+    pub id: String,
+    /// The request id (also the `x-request-id` header), for tracing across services.
+    pub trace_id: &'a str,
+    /// The model name that was asked for.
+    pub model: &'a str,
+    /// The configured provider that served the reply.
+    pub provider: Option<&'a str>,
+    pub message: LlmMessage<'a>,
+    /// `stop`, `length`, `tool_calls` or `content_filter`.
+    pub finish_reason: Option<&'static str>,
+    pub usage: Option<WireUsage>,
+    pub latency_ms: f64,
+}
+
+/// `POST /llm/completions`: the reply's text.
+#[derive(Serialize, Debug, utoipa::ToSchema)]
+pub struct LlmCompletionResponse<'a> {
+    pub id: String,
+    pub trace_id: &'a str,
+    pub model: &'a str,
+    pub provider: Option<&'a str>,
+    pub text: &'a str,
+    pub finish_reason: Option<&'static str>,
+    pub usage: Option<WireUsage>,
+    pub latency_ms: f64,
+}
+
 /// `/llm/chat`: the reply with its message, usage and where it came from.
 pub fn encode_chat(resp: &ChatResponse, meta: Meta<'_>, latency: Duration) -> Vec<u8> {
-    let calls: Vec<WireToolCall> = resp
-        .message
-        .tool_calls
-        .iter()
-        .map(|c| WireToolCall {
-            id: c.id.clone(),
-            name: c.function.name.clone(),
-            arguments: c.function.arguments.clone(),
-        })
-        .collect();
-    let body = json!({
-        "id": reply_id(resp),
-        "trace_id": meta.trace_id,
-        "model": meta.model,
-        "provider": meta.provider,
-        "message": {
-            "role": "assistant",
-            "content": resp.message.content,
-            "tool_calls": calls,
-            "reasoning": resp.message.reasoning,
+    let body = LlmChatResponse {
+        id: reply_id(resp),
+        trace_id: meta.trace_id,
+        model: meta.model,
+        provider: meta.provider,
+        message: LlmMessage {
+            role: "assistant",
+            content: resp.message.content.as_deref(),
+            tool_calls: resp
+                .message
+                .tool_calls
+                .iter()
+                .map(|c| WireToolCall {
+                    id: c.id.clone(),
+                    name: c.function.name.clone(),
+                    arguments: c.function.arguments.clone(),
+                })
+                .collect(),
+            reasoning: resp.message.reasoning.as_deref(),
         },
-        "finish_reason": finish_str(resp.finish_reason),
-        "usage": resp.usage.map(WireUsage::from),
-        "latency_ms": ms(latency),
-    });
+        finish_reason: finish_str(resp.finish_reason),
+        usage: resp.usage.map(WireUsage::from),
+        latency_ms: ms(latency),
+    };
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
 /// `/llm/completions`: the reply's text.
 pub fn encode_completion(resp: &ChatResponse, meta: Meta<'_>, latency: Duration) -> Vec<u8> {
-    let body = json!({
-        "id": reply_id(resp),
-        "trace_id": meta.trace_id,
-        "model": meta.model,
-        "provider": meta.provider,
-        "text": resp.message.content.as_deref().unwrap_or(""),
-        "finish_reason": finish_str(resp.finish_reason),
-        "usage": resp.usage.map(WireUsage::from),
-        "latency_ms": ms(latency),
-    });
+    let body = LlmCompletionResponse {
+        id: reply_id(resp),
+        trace_id: meta.trace_id,
+        model: meta.model,
+        provider: meta.provider,
+        text: resp.message.content.as_deref().unwrap_or(""),
+        finish_reason: finish_str(resp.finish_reason),
+        usage: resp.usage.map(WireUsage::from),
+        latency_ms: ms(latency),
+    };
     serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// One event of `/llm/stream` (the SSE event name is `type`).
+#[derive(Serialize, Debug, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamEvent<'a> {
+    /// A piece of the reply's text; `index` counts from 1 with no gaps.
+    Token { token: &'a str, index: u64 },
+    /// A piece of reasoning, where the provider exposes it.
+    Reasoning { text: &'a str },
+    /// A piece of a tool call, only when the request set `tool_call_deltas`.
+    ToolCallDelta {
+        index: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<&'a str>,
+        arguments: &'a str,
+    },
+    /// A complete tool call; `index` counts calls from 0.
+    ToolCall {
+        index: usize,
+        tool_call: &'a WireToolCall,
+    },
+    /// The last event of a successful stream.
+    End {
+        finish_reason: Option<&'static str>,
+        usage: Option<WireUsage>,
+        trace_id: &'a str,
+        model: &'a str,
+        provider: Option<&'a str>,
+        latency_ms: f64,
+        ttft_ms: Option<f64>,
+        tokens_per_sec: Option<f64>,
+    },
+    /// The last event of a failed stream.
+    Error {
+        error: crate::error::ErrorObject<'a>,
+    },
+}
+
+impl StreamEvent<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            StreamEvent::Token { .. } => "token",
+            StreamEvent::Reasoning { .. } => "reasoning",
+            StreamEvent::ToolCallDelta { .. } => "tool_call_delta",
+            StreamEvent::ToolCall { .. } => "tool_call",
+            StreamEvent::End { .. } => "end",
+            StreamEvent::Error { .. } => "error",
+        }
+    }
 }
 
 /// A prompt-style request: `prompt` (one string), an optional `system`, and any chat
@@ -227,10 +320,10 @@ impl EventEncoder {
         self.format
     }
 
-    fn frame(&self, kind: &str, v: &Value, out: &mut Vec<u8>) {
-        let json = v.to_string();
-        match self.format {
-            StreamFormat::Sse => out.extend_from_slice(&named_frame(kind, json.as_bytes())),
+    fn frame(format: StreamFormat, ev: &StreamEvent<'_>, out: &mut Vec<u8>) {
+        let json = serde_json::to_string(ev).unwrap_or_default();
+        match format {
+            StreamFormat::Sse => out.extend_from_slice(&named_frame(ev.name(), json.as_bytes())),
             StreamFormat::Ndjson => {
                 out.extend_from_slice(json.as_bytes());
                 out.push(b'\n');
@@ -242,8 +335,11 @@ impl EventEncoder {
     fn flush_tools(&mut self, upto: usize, out: &mut Vec<u8>) {
         while self.tools_sent < upto.min(self.tools.len()) {
             let i = self.tools_sent;
-            let v = json!({"type": "tool_call", "index": i, "tool_call": self.tools[i]});
-            self.frame("tool_call", &v, out);
+            let ev = StreamEvent::ToolCall {
+                index: i,
+                tool_call: &self.tools[i],
+            };
+            Self::frame(self.format, &ev, out);
             self.tools_sent += 1;
         }
     }
@@ -254,11 +350,14 @@ impl EventEncoder {
             ChatEvent::TextDelta(t) => {
                 self.flush_tools(self.tools.len(), out);
                 self.index += 1;
-                let v = json!({"type": "token", "token": t, "index": self.index});
-                self.frame("token", &v, out);
+                let ev = StreamEvent::Token {
+                    token: t,
+                    index: self.index,
+                };
+                Self::frame(self.format, &ev, out);
             }
             ChatEvent::ReasoningDelta(t) => {
-                self.frame("reasoning", &json!({"type": "reasoning", "text": t}), out);
+                Self::frame(self.format, &StreamEvent::Reasoning { text: t }, out);
             }
             ChatEvent::ToolCallStart { id, name, .. } => {
                 // A new call means the ones before it are complete.
@@ -269,9 +368,13 @@ impl EventEncoder {
                     arguments: String::new(),
                 });
                 if self.deltas {
-                    let v = json!({"type": "tool_call_delta", "index": self.tools.len() - 1,
-                                   "id": id, "name": name, "arguments": ""});
-                    self.frame("tool_call_delta", &v, out);
+                    let ev = StreamEvent::ToolCallDelta {
+                        index: self.tools.len() - 1,
+                        id: Some(id),
+                        name: Some(name),
+                        arguments: "",
+                    };
+                    Self::frame(self.format, &ev, out);
                 }
             }
             ChatEvent::ToolCallArgs { index, fragment } => {
@@ -289,8 +392,13 @@ impl EventEncoder {
                     call.arguments.push_str(fragment);
                 }
                 if self.deltas {
-                    let v = json!({"type": "tool_call_delta", "index": i, "arguments": fragment});
-                    self.frame("tool_call_delta", &v, out);
+                    let ev = StreamEvent::ToolCallDelta {
+                        index: i,
+                        id: None,
+                        name: None,
+                        arguments: fragment,
+                    };
+                    Self::frame(self.format, &ev, out);
                 }
             }
             ChatEvent::Finish(f) => self.finish = Some(*f),
@@ -301,26 +409,26 @@ impl EventEncoder {
     /// The closing frames: pending tool calls, then `end`.
     pub fn finish(&mut self, timing: StreamTiming, out: &mut Vec<u8>) {
         self.flush_tools(self.tools.len(), out);
-        let v = json!({
-            "type": "end",
-            "finish_reason": finish_str(self.finish),
-            "usage": self.usage.map(WireUsage::from),
-            "trace_id": self.trace_id,
-            "model": self.model,
-            "provider": self.provider,
-            "latency_ms": ms(timing.latency),
-            "ttft_ms": timing.ttft.map(ms),
-            "tokens_per_sec": timing.tokens_per_sec,
-        });
-        self.frame("end", &v, out);
+        let ev = StreamEvent::End {
+            finish_reason: finish_str(self.finish),
+            usage: self.usage.map(WireUsage::from),
+            trace_id: &self.trace_id,
+            model: &self.model,
+            provider: self.provider.as_deref(),
+            latency_ms: ms(timing.latency),
+            ttft_ms: timing.ttft.map(ms),
+            tokens_per_sec: timing.tokens_per_sec,
+        };
+        Self::frame(self.format, &ev, out);
     }
 
     /// The `error` event that ends a failed stream.
     pub fn error(&mut self, err: &ProxyError, request_id: &str) -> Vec<u8> {
         let mut out = Vec::new();
-        let envelope = err.envelope(request_id);
-        let v = json!({"type": "error", "error": envelope["error"]});
-        self.frame("error", &v, &mut out);
+        let ev = StreamEvent::Error {
+            error: err.object(request_id),
+        };
+        Self::frame(self.format, &ev, &mut out);
         out
     }
 }

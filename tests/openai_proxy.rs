@@ -236,12 +236,26 @@ async fn persistent_5xx_gives_provider_error_after_retries() {
 }
 
 #[tokio::test]
+async fn upstream_rate_limit_outlasting_retries_is_our_429_with_its_hint() {
+    let up = fake_upstream().await;
+    let px = proxy(&upstream_config(&up, "")).await;
+    let resp = post(&px.url(), &chat_body("fail429", false)).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "2");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "RATE_LIMIT");
+    assert_eq!(v["error"]["upstream_status"], 429);
+    assert_eq!(up.hits(), 2, "retried once first");
+}
+
+#[tokio::test]
 async fn upstream_4xx_is_not_retried() {
     let up = fake_upstream().await;
     let px = proxy(&upstream_config(&up, "")).await;
     let resp = post(&px.url(), &chat_body("fail400", true)).await;
-    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.status(), 400, "the client's mistake keeps its class");
     let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "INVALID_REQUEST");
     assert_eq!(v["error"]["upstream_status"], 400);
     assert!(
         v["error"]["message"]

@@ -267,9 +267,9 @@ async fn anthropic_overload_before_the_first_chunk_is_retried() {
 async fn anthropic_errors_map_to_our_codes_without_the_key() {
     let e = env().await;
     let resp = openai_post(&e.url, &chat_body("claude-bad", false)).await;
-    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.status(), 400);
     let got: Value = resp.json().await.unwrap();
-    assert_eq!(got["error"]["code"], "PROVIDER_ERROR");
+    assert_eq!(got["error"]["code"], "INVALID_REQUEST");
     assert_eq!(got["error"]["upstream_status"], 400);
     assert!(
         got["error"]["message"]
@@ -503,7 +503,7 @@ async fn gemini_safety_block_and_errors() {
         .unwrap();
     assert_eq!(got["choices"][0]["finish_reason"], "content_filter");
     let resp = openai_post(&e.url, &chat_body("gem-bad", false)).await;
-    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.status(), 400);
     let got: Value = resp.json().await.unwrap();
     assert_eq!(got["error"]["upstream_status"], 400);
     assert!(

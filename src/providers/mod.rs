@@ -94,7 +94,7 @@ impl UpstreamError {
                 retry_after,
             } => {
                 let mut e = ProxyError::new(
-                    ErrorCode::ProviderError,
+                    status_code(status),
                     format!("provider returned HTTP {status}: {message}"),
                 );
                 e.upstream_status = Some(status);
@@ -124,6 +124,23 @@ impl UpstreamError {
             UpstreamError::ContentFilter(_) => "content_filter",
             UpstreamError::Stream(_) => "stream",
         }
+    }
+}
+
+/// Our code for an upstream's HTTP status once retries are spent. What the client can fix
+/// keeps its class, so SDKs raise the right exception and do not retry a request that will
+/// fail again: 400/422 → `INVALID_REQUEST` (e.g. "prompt is too long"), 404 → `NOT_FOUND`,
+/// 413 → `PAYLOAD_TOO_LARGE`, 429 → `RATE_LIMIT` (with the upstream's retry hint), 408 →
+/// `TIMEOUT`. The rest — 5xx, 529, and 401/403, which mean the proxy's own upstream
+/// credentials are wrong, not the client's — is `PROVIDER_ERROR`.
+fn status_code(status: u16) -> ErrorCode {
+    match status {
+        400 | 422 => ErrorCode::InvalidRequest,
+        404 => ErrorCode::NotFound,
+        413 => ErrorCode::PayloadTooLarge,
+        429 => ErrorCode::RateLimit,
+        408 => ErrorCode::Timeout,
+        _ => ErrorCode::ProviderError,
     }
 }
 

@@ -1042,11 +1042,10 @@ impl EventEncoder {
 
     /// An `error` event, for failures after the stream started.
     pub fn error(&mut self, err: &ProxyError, request_id: &str) -> Bytes {
-        let kind = match err.code {
-            crate::error::ErrorCode::Timeout => "timeout_error",
-            crate::error::ErrorCode::Unavailable => "overloaded_error",
-            crate::error::ErrorCode::RateLimit => "rate_limit_error",
-            _ => "api_error",
+        // An upstream overload keeps Anthropic's own name, so clients back off as usual.
+        let kind = match (err.code, err.upstream_status) {
+            (_, Some(529)) => "overloaded_error",
+            (code, _) => error_type(code),
         };
         frame(
             "error",

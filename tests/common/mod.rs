@@ -231,6 +231,11 @@ async fn chat(
             r
         }
         "fail400" => error_response(400, "Invalid parameter: messages[0].content is bad"),
+        "fail429" => {
+            let mut r = error_response(429, "Rate limit reached for requests");
+            r.headers_mut().insert("retry-after", "2".parse().unwrap());
+            r
+        }
         "hang" => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             error_response(500, "unreachable")
@@ -379,6 +384,7 @@ models:
   - {{ name: fail500-once, provider: up, model: fail500-once }}
   - {{ name: fail429-once, provider: up, model: fail429-once }}
   - {{ name: fail400, provider: up, model: fail400 }}
+  - {{ name: fail429, provider: up, model: fail429 }}
   - {{ name: hang, provider: up, model: hang }}
   - {{ name: echo-key, provider: up, model: echo-key }}
   - {{ name: garbage, provider: up, model: garbage }}

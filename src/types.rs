@@ -105,8 +105,42 @@ pub struct Message {
     pub tool_calls: Option<Vec<ToolCall>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// An assistant turn's reasoning blocks, to replay unchanged to the provider that made
+    /// them (Anthropic refuses a tool-use turn whose signed thinking is missing). OpenAI
+    /// clients send them back as LiteLLM does; never sent to OpenAI-compatible upstreams.
+    #[serde(default, skip_serializing)]
+    pub thinking_blocks: Option<Vec<ThinkingBlock>>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// A reasoning block as Anthropic returns it, kept whole so it can be sent back: its
+/// text with its signature, or a redacted (encrypted) block. The shape is Anthropic's and
+/// LiteLLM's `thinking_blocks`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ThinkingBlock {
+    Thinking {
+        thinking: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<String>,
+    },
+    RedactedThinking {
+        data: String,
+    },
+}
+
+impl ThinkingBlock {
+    /// Whether the provider that made it can verify it (Anthropic drops nothing it
+    /// signed, and refuses unsigned thinking).
+    pub fn is_signed(&self) -> bool {
+        match self {
+            ThinkingBlock::Thinking { signature, .. } => {
+                signature.as_deref().is_some_and(|s| !s.is_empty())
+            }
+            ThinkingBlock::RedactedThinking { .. } => true,
+        }
+    }
 }
 
 impl Message {
@@ -255,7 +289,41 @@ pub struct Usage {
 pub struct AssistantMessage {
     pub content: Option<String>,
     pub reasoning: Option<String>,
+    /// The reasoning as blocks with their signatures, when the provider signs them.
+    pub thinking_blocks: Vec<ThinkingBlock>,
     pub tool_calls: Vec<ToolCall>,
+}
+
+impl AssistantMessage {
+    /// Appends reasoning text, to the open (unsigned) thinking block or a new one.
+    pub fn push_reasoning(&mut self, text: &str) {
+        self.reasoning
+            .get_or_insert_with(String::new)
+            .push_str(text);
+        match self.thinking_blocks.last_mut() {
+            Some(ThinkingBlock::Thinking {
+                thinking,
+                signature: None,
+            }) => thinking.push_str(text),
+            _ => self.thinking_blocks.push(ThinkingBlock::Thinking {
+                thinking: text.to_owned(),
+                signature: None,
+            }),
+        }
+    }
+
+    /// Signs the last thinking block (the signature arrives after its text).
+    pub fn sign_reasoning(&mut self, sig: &str) {
+        match self.thinking_blocks.last_mut() {
+            Some(ThinkingBlock::Thinking { signature, .. }) if signature.is_none() => {
+                *signature = Some(sig.to_owned())
+            }
+            _ => self.thinking_blocks.push(ThinkingBlock::Thinking {
+                thinking: String::new(),
+                signature: Some(sig.to_owned()),
+            }),
+        }
+    }
 }
 
 /// A complete reply assembled from stream events, for providers whose replies have the
@@ -272,9 +340,11 @@ impl Collected {
         let m = &mut self.message;
         match event {
             ChatEvent::TextDelta(t) => m.content.get_or_insert_with(String::new).push_str(&t),
-            ChatEvent::ReasoningDelta(t) => {
-                m.reasoning.get_or_insert_with(String::new).push_str(&t)
-            }
+            ChatEvent::ReasoningDelta(t) => m.push_reasoning(&t),
+            ChatEvent::ReasoningSignature(sig) => m.sign_reasoning(&sig),
+            ChatEvent::RedactedReasoning(data) => m
+                .thinking_blocks
+                .push(ThinkingBlock::RedactedThinking { data }),
             ChatEvent::ToolCallStart { id, name, .. } => m.tool_calls.push(ToolCall {
                 id,
                 kind: "function".into(),
@@ -314,6 +384,10 @@ pub struct ChatResponse {
 pub enum ChatEvent {
     TextDelta(String),
     ReasoningDelta(String),
+    /// The signature that closes the current reasoning block (Anthropic `signature_delta`).
+    ReasoningSignature(String),
+    /// A redacted (encrypted) reasoning block, to pass back unchanged.
+    RedactedReasoning(String),
     /// First fragment of a tool call: its id and name. `index` counts from 0 per response.
     ToolCallStart {
         index: u32,

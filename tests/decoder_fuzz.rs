@@ -132,6 +132,8 @@ fn arb_event() -> impl Strategy<Value = ChatEvent> {
     prop_oneof![
         text.prop_map(ChatEvent::TextDelta),
         text.prop_map(ChatEvent::ReasoningDelta),
+        "[a-zA-Z0-9]{1,8}".prop_map(ChatEvent::ReasoningSignature),
+        "[a-zA-Z0-9]{1,8}".prop_map(ChatEvent::RedactedReasoning),
         (0u32..4, "[a-z]{1,4}").prop_map(|(index, name)| ChatEvent::ToolCallStart {
             index,
             id: format!("call_{index}"),

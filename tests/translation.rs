@@ -40,6 +40,7 @@ fn openai_request(v: Value) -> ChatRequest {
 struct Folded {
     text: String,
     reasoning: String,
+    signatures: Vec<String>,
     tools: Vec<(String, String, String)>,
     finish: Option<FinishReason>,
     usage: Option<Usage>,
@@ -51,6 +52,8 @@ fn fold(events: &[ChatEvent]) -> Folded {
         match e {
             ChatEvent::TextDelta(t) => f.text.push_str(t),
             ChatEvent::ReasoningDelta(t) => f.reasoning.push_str(t),
+            ChatEvent::ReasoningSignature(s) => f.signatures.push(s.clone()),
+            ChatEvent::RedactedReasoning(_) => f.signatures.push("<redacted>".into()),
             ChatEvent::ToolCallStart { index, id, name } => {
                 assert_eq!(*index as usize, f.tools.len(), "tool indexes count from 0");
                 f.tools.push((id.clone(), name.clone(), String::new()));
@@ -243,6 +246,97 @@ fn anthropic_thinking_stream_is_reasoning_for_openai_clients() {
         .filter_map(|c| c["choices"][0]["delta"]["reasoning_content"].as_str())
         .collect();
     assert_eq!(reasoning, f.reasoning);
+    // The signature reaches OpenAI clients as LiteLLM sends it, so they can send it back.
+    let signed: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["thinking_blocks"].get(0))
+        .collect();
+    assert_eq!(signed.len(), 1);
+    assert_eq!(
+        signed[0]["signature"].as_str(),
+        Some(f.signatures[0].as_str())
+    );
+    assert!(f.signatures[0].starts_with("EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"));
+}
+
+#[test]
+fn signed_thinking_returns_to_anthropic_unchanged_and_nowhere_else() {
+    // Turn 1 (non-streaming): Claude thinks, signs, calls a tool.
+    let mut turn1 = fixture_json("anthropic/response_tool_use.json");
+    turn1["content"].as_array_mut().unwrap().insert(
+        0,
+        json!({"type": "thinking", "thinking": "Need the weather.", "signature": "sig-abc"}),
+    );
+    let r = anthropic::decode_response(turn1.to_string().as_bytes()).unwrap();
+    let out: Value = serde_json::from_slice(&openai::encode_response(&r, "claude")).unwrap();
+    let message = &out["choices"][0]["message"];
+    assert_eq!(message["reasoning_content"], "Need the weather.");
+    assert_eq!(
+        message["thinking_blocks"],
+        json!([{"type": "thinking", "thinking": "Need the weather.", "signature": "sig-abc"}])
+    );
+    // Turn 2: the OpenAI client sends the assistant message back as it got it.
+    let mut assistant = message.clone();
+    assistant["content"] = json!(null);
+    let req = openai_request(json!({"model": "claude", "messages": [
+        {"role": "user", "content": "Weather in SF?"},
+        assistant,
+        {"role": "tool", "tool_call_id": "toolu_01A09q90qw90lq917835lq9", "content": "15 degrees"},
+        // Reasoning another provider made has no signature: it must not be sent.
+        {"role": "assistant", "content": "ok", "thinking_blocks": [{"type": "thinking", "thinking": "x"}]},
+        {"role": "user", "content": "thanks"}]}));
+    let body =
+        serde_json::to_value(anthropic::encode_request(&req, "claude", false).unwrap()).unwrap();
+    let blocks = &body["messages"][1]["content"];
+    assert_eq!(
+        blocks[0],
+        json!({"type": "thinking", "thinking": "Need the weather.", "signature": "sig-abc"}),
+        "thinking first, unchanged"
+    );
+    assert_eq!(blocks[1]["type"], "tool_use");
+    assert_eq!(body["messages"][3]["content"], "ok");
+    // OpenAI-compatible upstreams never see the field.
+    let openai_body = serde_json::to_value(&req).unwrap();
+    assert!(openai_body["messages"][1].get("thinking_blocks").is_none());
+}
+
+#[test]
+fn signatures_and_redacted_thinking_reach_anthropic_clients() {
+    let mut events = anthropic_events("anthropic/stream_thinking.sse").unwrap();
+    events.insert(
+        0,
+        ChatEvent::RedactedReasoning("EmwKAhgBEgy3va3pzix".into()),
+    );
+    let out = anthropic_client_events(&events);
+    let kinds: Vec<String> = out
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "content_block_start" => {
+                format!("start:{}", v["content_block"]["type"].as_str().unwrap())
+            }
+            "content_block_delta" => format!("delta:{}", v["delta"]["type"].as_str().unwrap()),
+            other => other.to_owned(),
+        })
+        .collect();
+    let mut dedup = kinds.clone();
+    dedup.dedup();
+    assert_eq!(
+        dedup,
+        [
+            "message_start",
+            "start:redacted_thinking",
+            "content_block_stop",
+            "start:thinking",
+            "delta:thinking_delta",
+            "delta:signature_delta",
+            "content_block_stop",
+            "start:text",
+            "delta:text_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
 }
 
 #[test]

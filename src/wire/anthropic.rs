@@ -18,7 +18,8 @@ use serde_json::{Map, Value, json};
 use crate::error::ProxyError;
 use crate::types::{
     AssistantMessage, ChatEvent, ChatRequest, ChatResponse, Content, ContentPart, FinishReason,
-    FunctionCall, FunctionDef, ImageUrl, Message, Role, Stop, Tool, ToolCall, ToolChoice, Usage,
+    FunctionCall, FunctionDef, ImageUrl, Message, Role, Stop, ThinkingBlock, Tool, ToolCall,
+    ToolChoice, Usage,
 };
 use crate::wire::sse::named_frame;
 
@@ -295,13 +296,22 @@ pub fn encode_request(
             }
             Role::Assistant => {
                 let mut blocks = Vec::new();
-                // Thinking blocks must be replayed unchanged (with their signatures).
-                if let Some(Value::Array(tb)) = m.extra.get("thinking_blocks") {
-                    for b in tb {
-                        if let Ok(block) = serde_json::from_value::<ABlock>(b.clone()) {
-                            blocks.push(block);
+                // Thinking blocks are replayed unchanged, signatures and all. Unsigned
+                // reasoning (from another provider) cannot be verified and is refused by
+                // Anthropic, so it is left out.
+                for b in m.thinking_blocks.iter().flatten().filter(|b| b.is_signed()) {
+                    blocks.push(match b.clone() {
+                        ThinkingBlock::Thinking {
+                            thinking,
+                            signature,
+                        } => ABlock::Thinking {
+                            thinking,
+                            signature,
+                        },
+                        ThinkingBlock::RedactedThinking { data } => {
+                            ABlock::RedactedThinking { data }
                         }
-                    }
+                    });
                 }
                 let text = m.text();
                 if !text.is_empty() {
@@ -454,10 +464,18 @@ pub fn decode_response(body: &[u8]) -> Result<ChatResponse, serde_json::Error> {
             ABlock::Text { text, .. } => {
                 msg.content.get_or_insert_with(String::new).push_str(&text)
             }
-            ABlock::Thinking { thinking, .. } => msg
-                .reasoning
-                .get_or_insert_with(String::new)
-                .push_str(&thinking),
+            ABlock::Thinking {
+                thinking,
+                signature,
+            } => {
+                msg.push_reasoning(&thinking);
+                if let Some(sig) = signature.filter(|s| !s.is_empty()) {
+                    msg.sign_reasoning(&sig);
+                }
+            }
+            ABlock::RedactedThinking { data } => msg
+                .thinking_blocks
+                .push(ThinkingBlock::RedactedThinking { data }),
             ABlock::ToolUse {
                 id, name, input, ..
             } => msg.tool_calls.push(ToolCall {
@@ -599,6 +617,11 @@ impl StreamDecoder {
                         }
                     }
                 }
+                Some("redacted_thinking") => {
+                    if let Some(d) = content_block.get("data").and_then(Value::as_str) {
+                        out.push(ChatEvent::RedactedReasoning(d.to_owned()));
+                    }
+                }
                 _ => {}
             },
             AStreamEvent::ContentBlockDelta { index, delta } => {
@@ -618,7 +641,10 @@ impl StreamDecoder {
                     Some("thinking_delta") if !s("thinking").is_empty() => {
                         out.push(ChatEvent::ReasoningDelta(s("thinking").to_owned()))
                     }
-                    _ => {} // signature_delta, citations, unknown deltas
+                    Some("signature_delta") if !s("signature").is_empty() => {
+                        out.push(ChatEvent::ReasoningSignature(s("signature").to_owned()))
+                    }
+                    _ => {} // citations, unknown deltas
                 }
             }
             AStreamEvent::MessageDelta { delta, usage } => {
@@ -697,6 +723,7 @@ pub fn decode_request(r: MessagesRequest) -> ChatRequest {
         name: None,
         tool_calls: None,
         tool_call_id: None,
+        thinking_blocks: None,
         extra: Map::new(),
     };
     match r.system {
@@ -766,8 +793,15 @@ pub fn decode_request(r: MessagesRequest) -> ChatRequest {
                                 arguments: input.to_string(),
                             },
                         }),
-                        b @ (ABlock::Thinking { .. } | ABlock::RedactedThinking { .. }) => {
-                            thinking.extend(serde_json::to_value(b).ok())
+                        ABlock::Thinking {
+                            thinking: t,
+                            signature,
+                        } => thinking.push(ThinkingBlock::Thinking {
+                            thinking: t,
+                            signature,
+                        }),
+                        ABlock::RedactedThinking { data } => {
+                            thinking.push(ThinkingBlock::RedactedThinking { data })
                         }
                         _ => {}
                     }
@@ -780,8 +814,7 @@ pub fn decode_request(r: MessagesRequest) -> ChatRequest {
                     am.tool_calls = Some(calls);
                 }
                 if !thinking.is_empty() {
-                    am.extra
-                        .insert("thinking_blocks".into(), Value::Array(thinking));
+                    am.thinking_blocks = Some(thinking);
                 }
                 messages.push(am);
             }
@@ -864,8 +897,22 @@ fn usage_json(u: &Usage) -> Value {
 /// Encodes a canonical reply as an Anthropic `message` body.
 pub fn encode_response(resp: &ChatResponse, model: &str) -> Vec<u8> {
     let mut content = Vec::new();
-    if let Some(r) = resp.message.reasoning.as_deref().filter(|r| !r.is_empty()) {
-        content.push(json!({"type": "thinking", "thinking": r, "signature": ""}));
+    if resp.message.thinking_blocks.is_empty() {
+        if let Some(r) = resp.message.reasoning.as_deref().filter(|r| !r.is_empty()) {
+            content.push(json!({"type": "thinking", "thinking": r, "signature": ""}));
+        }
+    }
+    for b in &resp.message.thinking_blocks {
+        content.push(match b {
+            ThinkingBlock::Thinking {
+                thinking,
+                signature,
+            } => json!({"type": "thinking", "thinking": thinking,
+                        "signature": signature.as_deref().unwrap_or("")}),
+            ThinkingBlock::RedactedThinking { data } => {
+                json!({"type": "redacted_thinking", "data": data})
+            }
+        });
     }
     if let Some(t) = resp.message.content.as_deref().filter(|t| !t.is_empty()) {
         content.push(json!({"type": "text", "text": t}));
@@ -1019,6 +1066,30 @@ impl EventEncoder {
                     i,
                     json!({"type": "input_json_delta", "partial_json": fragment}),
                 );
+            }
+            ChatEvent::ReasoningSignature(sig) => {
+                // It closes the thinking block it belongs to (or one made for it).
+                let i = self.ensure(
+                    OpenBlock::Thinking,
+                    json!({"type": "thinking", "thinking": ""}),
+                    out,
+                );
+                Self::delta(out, i, json!({"type": "signature_delta", "signature": sig}));
+                self.close(out);
+            }
+            ChatEvent::RedactedReasoning(data) => {
+                self.close(out);
+                let index = self.next_block;
+                self.next_block += 1;
+                out.push(frame(
+                    "content_block_start",
+                    &json!({"type": "content_block_start", "index": index,
+                            "content_block": {"type": "redacted_thinking", "data": data}}),
+                ));
+                out.push(frame(
+                    "content_block_stop",
+                    &json!({"type": "content_block_stop", "index": index}),
+                ));
             }
             ChatEvent::Finish(f) => self.finish = Some(*f),
             ChatEvent::Usage(u) => self.usage = Some(*u),

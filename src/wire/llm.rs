@@ -403,6 +403,8 @@ impl EventEncoder {
             }
             ChatEvent::Finish(f) => self.finish = Some(*f),
             ChatEvent::Usage(u) => self.usage = Some(*u),
+            // Signatures only matter to the provider that made them.
+            ChatEvent::ReasoningSignature(_) | ChatEvent::RedactedReasoning(_) => {}
         }
     }
 

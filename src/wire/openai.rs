@@ -4,7 +4,9 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::types::{AssistantMessage, ChatEvent, ChatResponse, FinishReason, ToolCall, Usage};
+use crate::types::{
+    AssistantMessage, ChatEvent, ChatResponse, FinishReason, ThinkingBlock, ToolCall, Usage,
+};
 
 // ---------------------------------------------------------------- decoding (upstream → us)
 
@@ -83,6 +85,9 @@ struct WireMessage {
     reasoning_content: Option<String>,
     #[serde(default)]
     tool_calls: Option<Vec<ToolCall>>,
+    /// LiteLLM-style signed reasoning blocks (e.g. a LiteLLM proxy in front of Claude).
+    #[serde(default)]
+    thinking_blocks: Option<Vec<ThinkingBlock>>,
 }
 
 /// Decodes a complete (non-streaming) reply. The bytes are kept for verbatim passthrough.
@@ -94,6 +99,7 @@ pub fn decode_response(body: Bytes) -> Result<ChatResponse, serde_json::Error> {
             let m = c.message.map(|m| AssistantMessage {
                 content: m.content,
                 reasoning: m.reasoning_content,
+                thinking_blocks: m.thinking_blocks.unwrap_or_default(),
                 tool_calls: m.tool_calls.unwrap_or_default(),
             });
             (
@@ -345,6 +351,10 @@ struct OutMessage<'a> {
     reasoning_content: Option<&'a str>,
     #[serde(skip_serializing_if = "<[ToolCall]>::is_empty")]
     tool_calls: &'a [ToolCall],
+    /// Signed reasoning to send back with this turn (LiteLLM's field name), so a client can
+    /// continue a Claude tool-use conversation with thinking on.
+    #[serde(skip_serializing_if = "<[ThinkingBlock]>::is_empty")]
+    thinking_blocks: &'a [ThinkingBlock],
 }
 
 #[derive(Serialize)]
@@ -366,6 +376,16 @@ struct OutCompletion<'a> {
     usage: Option<OutUsage>,
 }
 
+/// The blocks worth sending back: none unless the provider signed them (unsigned reasoning
+/// is already in `reasoning_content`).
+fn signed_blocks(blocks: &[ThinkingBlock]) -> &[ThinkingBlock] {
+    if blocks.iter().any(ThinkingBlock::is_signed) {
+        blocks
+    } else {
+        &[]
+    }
+}
+
 /// Encodes a canonical reply as an OpenAI `chat.completion` body. `model` is the name the
 /// client asked for.
 pub fn encode_response(resp: &ChatResponse, model: &str) -> Vec<u8> {
@@ -381,6 +401,7 @@ pub fn encode_response(resp: &ChatResponse, model: &str) -> Vec<u8> {
                 content: resp.message.content.as_deref(),
                 reasoning_content: resp.message.reasoning.as_deref(),
                 tool_calls: &resp.message.tool_calls,
+                thinking_blocks: signed_blocks(&resp.message.thinking_blocks),
             },
             finish_reason: resp.finish_reason.map(FinishReason::as_str),
             logprobs: None,
@@ -419,6 +440,8 @@ struct OutDelta<'a> {
     reasoning_content: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_calls: Option<[OutToolCallDelta<'a>; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking_blocks: Option<[ThinkingBlock; 1]>,
 }
 
 #[derive(Serialize)]
@@ -465,6 +488,17 @@ impl ChunkEncoder {
         match event {
             ChatEvent::TextDelta(t) => delta.content = Some(t),
             ChatEvent::ReasoningDelta(t) => delta.reasoning_content = Some(t),
+            // As LiteLLM streams them: the signature in a thinking block of its own.
+            ChatEvent::ReasoningSignature(sig) => {
+                delta.thinking_blocks = Some([ThinkingBlock::Thinking {
+                    thinking: String::new(),
+                    signature: Some(sig.clone()),
+                }])
+            }
+            ChatEvent::RedactedReasoning(data) => {
+                delta.thinking_blocks =
+                    Some([ThinkingBlock::RedactedThinking { data: data.clone() }])
+            }
             ChatEvent::ToolCallStart { index, id, name } => {
                 delta.tool_calls = Some([OutToolCallDelta {
                     index: *index,

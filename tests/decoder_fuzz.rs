@@ -39,7 +39,7 @@ fn feed_chunked(d: &mut SseDecoder, input: &[u8], cuts: &[usize]) -> Vec<SseEven
 fn decode_everywhere(data: &[u8]) {
     let _ = anthropic::StreamDecoder::new().decode(data);
     let _ = gemini::StreamDecoder::new().decode(data);
-    let _ = openai::decode_chunk(data);
+    let _ = openai::StreamDecoder::default().decode(data);
 }
 
 /// Bytes that look enough like SSE to reach deep into the decoders.
@@ -103,11 +103,12 @@ const STREAMS: &[(&str, Dialect)] = &[
 fn canonical(events: &[SseEvent], dialect: Dialect) -> Vec<String> {
     let mut a = anthropic::StreamDecoder::new();
     let mut g = gemini::StreamDecoder::new();
+    let mut o = openai::StreamDecoder::default();
     let mut out = Vec::new();
     for ev in events {
         let decoded: Vec<ChatEvent> = match dialect {
             Dialect::OpenAi if &ev.data[..] == b"[DONE]" => break,
-            Dialect::OpenAi => match openai::decode_chunk(&ev.data).unwrap() {
+            Dialect::OpenAi => match o.decode(&ev.data).unwrap() {
                 openai::DecodedChunk::Events(e) => e,
                 openai::DecodedChunk::Error(e) => vec![ChatEvent::TextDelta(e)],
             },

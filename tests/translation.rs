@@ -382,12 +382,13 @@ fn anthropic_client_events(events: &[ChatEvent]) -> Vec<(String, Value)> {
 }
 
 fn openai_events(path: &str) -> Vec<ChatEvent> {
+    let mut d = openai::StreamDecoder::default();
     let mut out = Vec::new();
     for ev in sse(path) {
         if &ev.data[..] == b"[DONE]" {
             break;
         }
-        match openai::decode_chunk(&ev.data).unwrap() {
+        match d.decode(&ev.data).unwrap() {
             openai::DecodedChunk::Events(e) => out.extend(e),
             openai::DecodedChunk::Error(e) => panic!("{e}"),
         }
@@ -650,4 +651,58 @@ fn unicode_split_at_every_byte_decodes_the_same() {
             .collect();
         assert_eq!(fold(&decoded).text, "Héllo 🙂 漢字 there!", "split at {at}");
     }
+}
+
+#[test]
+fn empty_text_is_never_sent_to_anthropic_or_gemini() {
+    let req = openai_request(json!({"model": "m", "messages": [
+        {"role": "system", "content": ""},
+        {"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": ""},
+        {"role": "user", "content": "again"}]}));
+    let a = serde_json::to_value(anthropic::encode_request(&req, "m", false).unwrap()).unwrap();
+    assert!(a.get("system").is_none());
+    assert_eq!(
+        a["messages"],
+        json!([{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "again"}]}])
+    );
+    let g = gemini::encode_request(&req);
+    assert!(g.get("systemInstruction").is_none());
+    assert_eq!(
+        g["contents"],
+        json!([{"role": "user", "parts": [{"text": "hi"}, {"text": "again"}]}])
+    );
+}
+
+#[test]
+fn openai_compatible_streams_without_index_or_with_repeated_ids() {
+    // Gemini's OpenAI-compatible endpoint: no `index`, each call in its own chunk, and the
+    // calls finished with `stop`.
+    let chunks = [
+        json!({"choices": [{"delta": {"tool_calls": [{"id": "a", "type": "function",
+            "function": {"name": "f", "arguments": "{\"x\":1}"}}]}}]}),
+        json!({"choices": [{"delta": {"tool_calls": [{"id": "b", "type": "function",
+            "function": {"name": "g", "arguments": "{}"}}]}}]}),
+        // A server that repeats the id on a later fragment of the same call.
+        json!({"choices": [{"delta": {"tool_calls": [{"id": "b", "function": {"arguments": ""}}]}}]}),
+        json!({"choices": [{"delta": {}, "finish_reason": "stop"}]}),
+    ];
+    let mut d = openai::StreamDecoder::default();
+    let mut events = Vec::new();
+    for c in chunks {
+        match d.decode(c.to_string().as_bytes()).unwrap() {
+            openai::DecodedChunk::Events(e) => events.extend(e),
+            openai::DecodedChunk::Error(e) => panic!("{e}"),
+        }
+    }
+    let f = fold(&events);
+    assert_eq!(
+        f.tools,
+        [
+            ("a".to_owned(), "f".to_owned(), "{\"x\":1}".to_owned()),
+            ("b".to_owned(), "g".to_owned(), "{}".to_owned())
+        ]
+    );
+    assert_eq!(f.finish, Some(FinishReason::ToolCalls));
 }

@@ -11,7 +11,7 @@ use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::secret::Secret;
 use crate::types::{ChatEvent, ChatRequest, ChatResponse, StreamChunk};
-use crate::wire::openai::{DecodedChunk, decode_chunk, decode_response};
+use crate::wire::openai::{DecodedChunk, StreamDecoder, decode_response};
 use crate::wire::sse::SseEvent;
 
 /// The `api-version` used for classic Azure deployment URLs when the config gives none: the
@@ -277,6 +277,7 @@ pub fn encode_request(
 /// The OpenAI stream vocabulary: one chunk per `data:` event, kept verbatim for OpenAI
 /// clients; `[DONE]` ends it; a `data: {"error": …}` event is a mid-stream failure.
 struct OpenAiEvents {
+    decoder: StreamDecoder,
     finished: bool,
     key: Option<Secret>,
 }
@@ -286,7 +287,7 @@ impl EventDecoder for OpenAiEvents {
         if &ev.data[..] == b"[DONE]" {
             return Step::End;
         }
-        match decode_chunk(&ev.data) {
+        match self.decoder.decode(&ev.data) {
             Ok(DecodedChunk::Events(events)) => {
                 if events.iter().any(|e| matches!(e, ChatEvent::Finish(_))) {
                     self.finished = true;
@@ -311,6 +312,7 @@ impl EventDecoder for OpenAiEvents {
 
 fn decode_stream(resp: reqwest::Response, key: Option<Secret>) -> EventStream {
     let decoder = OpenAiEvents {
+        decoder: StreamDecoder::default(),
         finished: false,
         key: key.clone(),
     };

@@ -223,9 +223,11 @@ fn image_source(url: &str) -> Value {
     json!({"type": "url", "url": url})
 }
 
+/// A user turn's blocks. Empty text is left out: Anthropic refuses empty text blocks.
 fn user_blocks(content: &Option<Content>) -> Vec<ABlock> {
     match content {
         None => Vec::new(),
+        Some(Content::Text(t)) if t.is_empty() => Vec::new(),
         Some(Content::Text(t)) => vec![ABlock::Text {
             text: t.clone(),
             extra: Map::new(),
@@ -233,6 +235,7 @@ fn user_blocks(content: &Option<Content>) -> Vec<ABlock> {
         Some(Content::Parts(parts)) => parts
             .iter()
             .filter_map(|p| match p {
+                ContentPart::Text { text } if text.is_empty() => None,
                 ContentPart::Text { text } => Some(ABlock::Text {
                     text: text.clone(),
                     extra: Map::new(),
@@ -278,7 +281,12 @@ pub fn encode_request(
     let mut messages: Vec<AMessage> = Vec::new();
     for (i, m) in req.messages.iter().enumerate() {
         match m.role {
-            Role::System | Role::Developer => system.push(m.text()),
+            Role::System | Role::Developer => {
+                let text = m.text();
+                if !text.trim().is_empty() {
+                    system.push(text);
+                }
+            }
             Role::User => push_merged(&mut messages, ARole::User, user_blocks(&m.content)),
             Role::Tool | Role::Function => {
                 let id = m
@@ -427,7 +435,9 @@ pub fn encode_request(
         stream: stream.then_some(true),
         // Anthropic's range is 0–1; OpenAI's is 0–2.
         temperature: req.temperature.map(|t| t.min(1.0)),
-        top_p: req.top_p,
+        // Current Claude models refuse `temperature` and `top_p` together, and many
+        // OpenAI clients send both: temperature wins.
+        top_p: req.top_p.filter(|_| req.temperature.is_none()),
         tools: tools.filter(|t| !t.is_empty()),
         tool_choice,
         metadata: req

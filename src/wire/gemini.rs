@@ -67,13 +67,16 @@ fn mime_from_url(url: &str) -> &'static str {
     }
 }
 
+/// A user turn's parts. Empty text is left out: Gemini refuses an empty text part.
 fn user_parts(content: &Option<Content>) -> Vec<Value> {
     match content {
         None => Vec::new(),
+        Some(Content::Text(t)) if t.is_empty() => Vec::new(),
         Some(Content::Text(t)) => vec![json!({ "text": t })],
         Some(Content::Parts(parts)) => parts
             .iter()
             .filter_map(|p| match p {
+                ContentPart::Text { text } if text.is_empty() => None,
                 ContentPart::Text { text } => Some(json!({ "text": text })),
                 ContentPart::ImageUrl { image_url } => {
                     let url = &image_url.url;
@@ -108,33 +111,49 @@ fn push_turn(contents: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
     contents.push(json!({ "role": role, "parts": parts }));
 }
 
-/// JSON Schema keywords outside the OpenAPI subset that Gemini's `parameters` accepts; a
-/// schema using any of them is sent as `parametersJsonSchema`, which takes full JSON Schema.
-const NON_OPENAPI_KEYWORDS: &[&str] = &[
-    "$schema",
-    "$ref",
-    "$defs",
-    "$id",
-    "definitions",
-    "additionalProperties",
-    "const",
-    "oneOf",
-    "allOf",
-    "not",
-    "patternProperties",
-    "if",
-    "then",
-    "else",
+/// The keywords of the OpenAPI schema subset Gemini's `parameters` accepts. A schema that
+/// uses anything else (`additionalProperties`, `$ref`, `const`, a list of types, …) is
+/// sent as `parametersJsonSchema`, which takes full JSON Schema; simple schemas keep the
+/// documented `parameters` form.
+const OPENAPI_KEYWORDS: &[&str] = &[
+    "type",
+    "format",
+    "title",
+    "description",
+    "nullable",
+    "enum",
+    "default",
+    "example",
+    "items",
+    "minItems",
+    "maxItems",
+    "properties",
+    "required",
+    "minProperties",
+    "maxProperties",
+    "propertyOrdering",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minimum",
+    "maximum",
+    "anyOf",
 ];
 
-fn needs_json_schema(v: &Value) -> bool {
-    match v {
-        Value::Object(m) => m
-            .iter()
-            .any(|(k, v)| NON_OPENAPI_KEYWORDS.contains(&k.as_str()) || needs_json_schema(v)),
-        Value::Array(a) => a.iter().any(needs_json_schema),
-        _ => false,
-    }
+fn needs_json_schema(schema: &Value) -> bool {
+    let Value::Object(m) = schema else {
+        return false;
+    };
+    m.iter().any(|(k, v)| match k.as_str() {
+        // Keys of `properties` are property names, not keywords.
+        "properties" => v
+            .as_object()
+            .is_none_or(|props| props.values().any(needs_json_schema)),
+        "items" => needs_json_schema(v),
+        "anyOf" => v.as_array().is_none_or(|a| a.iter().any(needs_json_schema)),
+        "type" => !v.is_string(),
+        k => !OPENAPI_KEYWORDS.contains(&k),
+    })
 }
 
 fn function_declaration(f: &crate::types::FunctionDef) -> Value {
@@ -163,7 +182,12 @@ pub fn encode_request(req: &ChatRequest) -> Value {
     let mut call_names: Vec<(&str, &str)> = Vec::new();
     for m in &req.messages {
         match m.role {
-            Role::System | Role::Developer => system.push(json!({"text": m.text()})),
+            Role::System | Role::Developer => {
+                let text = m.text();
+                if !text.trim().is_empty() {
+                    system.push(json!({ "text": text }));
+                }
+            }
             Role::User => push_turn(&mut contents, "user", user_parts(&m.content)),
             Role::Assistant => {
                 let mut parts = Vec::new();
@@ -258,9 +282,8 @@ pub fn encode_request(req: &ChatRequest) -> Value {
     if let Some(p) = req.top_p {
         gen_config.insert("topP".into(), json!(p));
     }
-    if let Some(n) = req.n.filter(|n| *n > 1) {
-        gen_config.insert("candidateCount".into(), json!(n));
-    }
+    // `n` is not sent: only the first candidate is decoded, so more would be paid for and
+    // dropped (and interleave in a stream).
     for (ours, theirs) in [
         ("top_k", "topK"),
         ("seed", "seed"),
@@ -551,10 +574,21 @@ mod tests {
 
     #[test]
     fn complex_schemas_go_as_json_schema() {
-        let simple = json!({"type": "object", "properties": {"a": {"type": "string"}}});
-        let complex = json!({"type": "object", "properties": {"a": {"type": "string"}},
-                             "additionalProperties": false});
-        assert!(!needs_json_schema(&simple));
-        assert!(needs_json_schema(&complex));
+        let simple = json!({"type": "object", "properties": {
+            "const": {"type": "string", "enum": ["a"]},
+            "n": {"type": "array", "items": {"type": "integer", "minimum": 0}}},
+            "required": ["const"]});
+        assert!(
+            !needs_json_schema(&simple),
+            "a property named like a keyword is fine"
+        );
+        for complex in [
+            json!({"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": false}),
+            json!({"type": "object", "properties": {"a": {"type": ["string", "null"]}}}),
+            json!({"type": "object", "properties": {"a": {"type": "number", "exclusiveMinimum": 0}}}),
+            json!({"type": "array", "items": {"$ref": "#/$defs/x"}}),
+        ] {
+            assert!(needs_json_schema(&complex), "{complex}");
+        }
     }
 }

@@ -174,52 +174,95 @@ pub enum DecodedChunk {
     Error(String),
 }
 
-/// Decodes one `data:` payload of an OpenAI-dialect stream (not `[DONE]`). Only choice 0
-/// becomes canonical events; the raw chunk still carries every choice for passthrough.
-pub fn decode_chunk(data: &[u8]) -> Result<DecodedChunk, serde_json::Error> {
-    let chunk: WireChunk<'_> = serde_json::from_slice(data)?;
-    if let Some(err) = chunk.error {
-        return Ok(DecodedChunk::Error(error_message_from_value(&err)));
-    }
-    let mut events = Vec::new();
-    if let Some(choice) = chunk.choices.into_iter().next() {
-        if let Some(delta) = choice.delta {
-            if let Some(r) = delta.reasoning_content.filter(|r| !r.is_empty()) {
-                events.push(ChatEvent::ReasoningDelta(r.into_owned()));
-            }
-            if let Some(c) = delta.content.filter(|c| !c.is_empty()) {
-                events.push(ChatEvent::TextDelta(c.into_owned()));
-            }
-            for (pos, tc) in delta.tool_calls.into_iter().flatten().enumerate() {
-                // Some OpenAI-compatible servers omit `index`; position is the best guess.
-                let index = tc.index.unwrap_or(pos as u32);
-                let (name, args) = match tc.function {
-                    Some(f) => (f.name, f.arguments),
-                    None => (None, None),
-                };
-                if tc.id.is_some() || name.is_some() {
-                    events.push(ChatEvent::ToolCallStart {
-                        index,
-                        id: tc.id.map(|s| s.into_owned()).unwrap_or_default(),
-                        name: name.map(|s| s.into_owned()).unwrap_or_default(),
-                    });
-                }
-                if let Some(a) = args.filter(|a| !a.is_empty()) {
-                    events.push(ChatEvent::ToolCallArgs {
-                        index,
-                        fragment: a.into_owned(),
-                    });
-                }
+/// How an upstream names a tool call across fragments.
+#[derive(Debug, PartialEq)]
+enum CallKey {
+    Index(u32),
+    /// Servers that omit `index` (Gemini's OpenAI-compatible endpoint) give an id instead.
+    Id(String),
+}
+
+/// Decodes an OpenAI-dialect stream chunk by chunk. It keeps what fragments need from one
+/// another: which tool calls were started (a start is announced once, even when a server
+/// repeats the id on every fragment, and indexes count from 0 in start order whatever the
+/// upstream numbers them), and whether tools were called (a server that finishes a tool
+/// call with `stop` reports `tool_calls`). Only choice 0 becomes canonical events; the raw
+/// chunk still carries every choice for passthrough.
+#[derive(Debug, Default)]
+pub struct StreamDecoder {
+    /// Position = our index.
+    calls: Vec<CallKey>,
+}
+
+impl StreamDecoder {
+    /// Our index for a fragment, and whether it starts a call.
+    fn call(&mut self, index: Option<u32>, id: Option<&str>) -> (u32, bool) {
+        let key = match (index, id) {
+            (Some(i), _) => CallKey::Index(i),
+            (None, Some(id)) => CallKey::Id(id.to_owned()),
+            // Neither: it continues the latest call.
+            (None, None) => match self.calls.len().checked_sub(1) {
+                Some(last) => return (last as u32, false),
+                None => CallKey::Index(0),
+            },
+        };
+        match self.calls.iter().position(|k| *k == key) {
+            Some(i) => (i as u32, false),
+            None => {
+                self.calls.push(key);
+                ((self.calls.len() - 1) as u32, true)
             }
         }
-        if let Some(fr) = choice.finish_reason {
-            events.push(ChatEvent::Finish(FinishReason::from_openai(&fr)));
+    }
+
+    pub fn decode(&mut self, data: &[u8]) -> Result<DecodedChunk, serde_json::Error> {
+        let chunk: WireChunk<'_> = serde_json::from_slice(data)?;
+        if let Some(err) = chunk.error {
+            return Ok(DecodedChunk::Error(error_message_from_value(&err)));
         }
+        let mut events = Vec::new();
+        if let Some(choice) = chunk.choices.into_iter().next() {
+            if let Some(delta) = choice.delta {
+                if let Some(r) = delta.reasoning_content.filter(|r| !r.is_empty()) {
+                    events.push(ChatEvent::ReasoningDelta(r.into_owned()));
+                }
+                if let Some(c) = delta.content.filter(|c| !c.is_empty()) {
+                    events.push(ChatEvent::TextDelta(c.into_owned()));
+                }
+                for tc in delta.tool_calls.into_iter().flatten() {
+                    let (name, args) = match tc.function {
+                        Some(f) => (f.name, f.arguments),
+                        None => (None, None),
+                    };
+                    let (index, new) = self.call(tc.index, tc.id.as_deref());
+                    if new {
+                        events.push(ChatEvent::ToolCallStart {
+                            index,
+                            id: tc.id.map(|s| s.into_owned()).unwrap_or_default(),
+                            name: name.map(|s| s.into_owned()).unwrap_or_default(),
+                        });
+                    }
+                    if let Some(a) = args.filter(|a| !a.is_empty()) {
+                        events.push(ChatEvent::ToolCallArgs {
+                            index,
+                            fragment: a.into_owned(),
+                        });
+                    }
+                }
+            }
+            if let Some(fr) = choice.finish_reason {
+                let mut reason = FinishReason::from_openai(&fr);
+                if reason == FinishReason::Stop && !self.calls.is_empty() {
+                    reason = FinishReason::ToolCalls;
+                }
+                events.push(ChatEvent::Finish(reason));
+            }
+        }
+        if let Some(u) = chunk.usage {
+            events.push(ChatEvent::Usage(u.into()));
+        }
+        Ok(DecodedChunk::Events(events))
     }
-    if let Some(u) = chunk.usage {
-        events.push(ChatEvent::Usage(u.into()));
-    }
-    Ok(DecodedChunk::Events(events))
 }
 
 #[derive(Deserialize)]
@@ -554,15 +597,14 @@ impl ChunkEncoder {
 mod tests {
     use super::*;
 
-    fn events(data: &str) -> Vec<ChatEvent> {
-        match decode_chunk(data.as_bytes()).unwrap() {
-            DecodedChunk::Events(e) => e,
-            DecodedChunk::Error(m) => panic!("unexpected error {m}"),
-        }
-    }
-
     #[test]
     fn decodes_text_tool_and_usage_chunks() {
+        // One decoder for the stream: fragments refer to calls started before.
+        let mut d = StreamDecoder::default();
+        let mut events = |data: &str| match d.decode(data.as_bytes()).unwrap() {
+            DecodedChunk::Events(e) => e,
+            DecodedChunk::Error(m) => panic!("unexpected error {m}"),
+        };
         assert_eq!(
             events(
                 r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"logprobs":null,"finish_reason":null}],"usage":null}"#
@@ -573,8 +615,9 @@ mod tests {
             events(
                 r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"call_1","type":"function","function":{"name":"f","arguments":""}}]},"finish_reason":null}]}"#
             ),
+            // Our indexes count calls from 0 in start order, whatever the upstream's are.
             vec![ChatEvent::ToolCallStart {
-                index: 1,
+                index: 0,
                 id: "call_1".into(),
                 name: "f".into()
             }]
@@ -584,7 +627,7 @@ mod tests {
                 r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"function":{"arguments":"{\"a\":"}}]}}]}"#
             ),
             vec![ChatEvent::ToolCallArgs {
-                index: 1,
+                index: 0,
                 fragment: "{\"a\":".into()
             }]
         );
@@ -603,19 +646,21 @@ mod tests {
                 reasoning_tokens: None
             })]
         );
+        // This stream called a tool, so its `stop` is reported as `tool_calls`.
         assert_eq!(
             events(r#"{"choices":[{"delta":{"reasoning":"think"},"finish_reason":"stop"}]}"#),
             vec![
                 ChatEvent::ReasoningDelta("think".into()),
-                ChatEvent::Finish(FinishReason::Stop)
+                ChatEvent::Finish(FinishReason::ToolCalls)
             ]
         );
     }
 
     #[test]
     fn decodes_mid_stream_error() {
-        let d =
-            decode_chunk(br#"{"error":{"message":"overloaded","type":"server_error"}}"#).unwrap();
+        let d = StreamDecoder::default()
+            .decode(br#"{"error":{"message":"overloaded","type":"server_error"}}"#)
+            .unwrap();
         assert!(matches!(d, DecodedChunk::Error(m) if m == "overloaded"));
     }
 
@@ -641,6 +686,7 @@ mod tests {
                 ..Usage::default()
             }),
         ];
+        let mut dec = StreamDecoder::default();
         for (i, ev) in evs.iter().enumerate() {
             let bytes = enc.encode(ev);
             let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
@@ -648,10 +694,11 @@ mod tests {
             if i == 0 {
                 assert_eq!(v["choices"][0]["delta"]["role"], "assistant");
             }
-            assert_eq!(
-                events(std::str::from_utf8(&bytes).unwrap()),
-                vec![ev.clone()]
-            );
+            let decoded = match dec.decode(&bytes).unwrap() {
+                DecodedChunk::Events(e) => e,
+                DecodedChunk::Error(m) => panic!("unexpected error {m}"),
+            };
+            assert_eq!(decoded, vec![ev.clone()]);
         }
     }
 

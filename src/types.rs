@@ -8,6 +8,14 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// An Anthropic-dialect client's request as it arrived, for Anthropic upstreams.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnthropicRequest {
+    pub body: Map<String, Value>,
+    /// The client's `anthropic-beta` header (feature flags such as extended cache TTLs).
+    pub beta: Option<String>,
+}
+
 /// A chat request after decoding, before routing.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChatRequest {
@@ -37,11 +45,11 @@ pub struct ChatRequest {
     /// Every other field, passed through verbatim to upstreams that understand it.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
-    /// Fields of an Anthropic-dialect request with no OpenAI equivalent (`thinking`,
-    /// `top_k`, `service_tier`, …). Only Anthropic upstreams get them: OpenAI-compatible
-    /// ones would refuse unknown parameters.
+    /// An Anthropic-dialect client's request exactly as sent. An Anthropic upstream gets it
+    /// as it is (with its own model id): cache_control, server tools, documents, citations
+    /// and whatever Anthropic adds next survive. Other upstreams get the translation.
     #[serde(skip)]
-    pub anthropic_extra: Map<String, Value>,
+    pub anthropic_raw: Option<std::sync::Arc<AnthropicRequest>>,
 }
 
 impl ChatRequest {
@@ -374,9 +382,8 @@ pub struct ChatResponse {
     pub message: AssistantMessage,
     pub finish_reason: Option<FinishReason>,
     pub usage: Option<Usage>,
-    /// The upstream's own body when it already speaks the OpenAI dialect: the OpenAI
-    /// endpoint returns it verbatim (all fields, all choices) instead of re-encoding.
-    pub raw_openai: Option<bytes::Bytes>,
+    /// The upstream's own body, for a client of the same dialect to get verbatim.
+    pub raw: Raw,
 }
 
 /// The streaming normalizer's vocabulary: everything any provider can say mid-stream.
@@ -416,13 +423,26 @@ impl ChatEvent {
     }
 }
 
-/// One decoded upstream stream element: canonical events plus, when the upstream spoke the
-/// OpenAI dialect, the chunk's JSON exactly as received so the OpenAI endpoint can forward
-/// it without re-serializing.
+/// One decoded upstream stream element: canonical events, plus the upstream's own bytes
+/// for a client of the same dialect to get verbatim.
 #[derive(Debug, Clone, Default)]
 pub struct StreamChunk {
     pub events: Vec<ChatEvent>,
-    pub raw_openai: Option<bytes::Bytes>,
+    pub raw: Raw,
+}
+
+/// An upstream's reply (or stream event) exactly as received, tagged with its dialect. A
+/// client that speaks that dialect gets these bytes instead of a re-encoding: nothing the
+/// codecs do not model (extra choices, citations, cache details, new fields) is lost, and
+/// nothing is re-serialized on the hot path.
+#[derive(Debug, Clone, Default)]
+pub enum Raw {
+    #[default]
+    None,
+    /// An OpenAI chat completion body, or one chunk's JSON (`data:` payload).
+    OpenAi(bytes::Bytes),
+    /// An Anthropic message body, or one whole SSE event (`event:` + `data:` lines).
+    Anthropic(bytes::Bytes),
 }
 
 #[cfg(test)]

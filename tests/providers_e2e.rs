@@ -648,3 +648,66 @@ models:
     let resp = openai_post(&url, &chat_body("never-reported", false)).await;
     assert_eq!(resp.status(), 404);
 }
+
+// ------------------------------------------------------ Anthropic in, Anthropic out
+
+#[tokio::test]
+async fn anthropic_clients_reach_anthropic_upstreams_verbatim() {
+    let e = env().await;
+    // Fields the canonical types do not model must survive: cache_control, a server tool,
+    // a document block, top_k, a beta header.
+    let body = json!({
+        "model": "claude", "max_tokens": 1024, "top_k": 5,
+        "system": [{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}],
+        "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}],
+        "messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "Doc."}},
+            {"type": "text", "text": "Summarize.", "cache_control": {"type": "ephemeral"}}]}]});
+    let resp = client()
+        .post(format!("{}/v1/messages", e.url))
+        .header("anthropic-beta", "extended-cache-ttl-2025-04-11")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got: Value = resp.json().await.unwrap();
+    assert_eq!(
+        got,
+        serde_json::from_slice::<Value>(&common::fake_providers::fixture(
+            "anthropic/response_text.json"
+        ))
+        .unwrap(),
+        "the upstream's reply, verbatim"
+    );
+    let seen = e.fp.last();
+    let mut expected = body.clone();
+    expected["model"] = json!("text");
+    assert_eq!(
+        seen.body, expected,
+        "the client's request, verbatim but for the model id"
+    );
+    assert_eq!(
+        seen.headers["anthropic-beta"],
+        "extended-cache-ttl-2025-04-11"
+    );
+
+    // Streaming: every upstream event (pings too) reaches the client as it was.
+    let mut body = body;
+    body["model"] = json!("claude-tools");
+    body["stream"] = json!(true);
+    let resp = anthropic_post(&e.url, &body).await;
+    let text = resp.text().await.unwrap();
+    let recorded = String::from_utf8(common::fake_providers::fixture(
+        "anthropic/stream_tool_use.sse",
+    ))
+    .unwrap();
+    let norm = |s: &str| -> Vec<Value> {
+        s.split("\n\n")
+            .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")))
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    };
+    assert_eq!(norm(&text), norm(&recorded));
+    assert_eq!(e.fp.last().body["stream"], true);
+}

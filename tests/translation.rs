@@ -600,7 +600,7 @@ fn azure_reply_with_content_filter_results_decodes() {
     );
     assert_eq!(r.usage.unwrap().reasoning_tokens, Some(448));
     assert!(
-        r.raw_openai.is_some(),
+        matches!(r.raw, llm_proxy::types::Raw::OpenAi(_)),
         "OpenAI clients get Azure's body verbatim"
     );
 }

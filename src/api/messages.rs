@@ -11,7 +11,9 @@ use serde_json::json;
 use super::serve::{Dialect, Exchange, StreamSummary, serve};
 use super::{AppStateRef, RequestCtx, body};
 use crate::error::ProxyError;
-use crate::types::{ChatRequest, ChatResponse, StreamChunk};
+use std::sync::Arc;
+
+use crate::types::{AnthropicRequest, ChatRequest, ChatResponse, Raw, StreamChunk};
 use crate::wire::anthropic::{
     EventEncoder, MessagesRequest, decode_request, encode_response, error_type,
 };
@@ -23,7 +25,9 @@ impl Dialect for Anthropic {
     type Options = ();
     type Stream = EventEncoder;
 
-    fn decode(bytes: &[u8], _: &HeaderMap, _: &Uri) -> Result<(ChatRequest, ()), ProxyError> {
+    /// Keeps the request as sent too, for Anthropic upstreams (see
+    /// [`ChatRequest::anthropic_raw`]).
+    fn decode(bytes: &[u8], headers: &HeaderMap, _: &Uri) -> Result<(ChatRequest, ()), ProxyError> {
         let r: MessagesRequest = body::decode(bytes)?;
         if r.max_tokens.is_none() {
             return Err(ProxyError::invalid(
@@ -31,7 +35,16 @@ impl Dialect for Anthropic {
                 "`max_tokens` is required",
             ));
         }
-        Ok((decode_request(r), ()))
+        let raw: serde_json::Map<String, serde_json::Value> = body::decode(bytes)?;
+        let mut req = decode_request(r);
+        req.anthropic_raw = Some(Arc::new(AnthropicRequest {
+            body: raw,
+            beta: headers
+                .get("anthropic-beta")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        }));
+        Ok((req, ()))
     }
 
     /// Anthropic's error shape (`{"type":"error","error":{…}}`), carrying our stable code
@@ -53,8 +66,12 @@ impl Dialect for Anthropic {
         resp
     }
 
+    /// An Anthropic upstream's own reply verbatim, else the translation.
     fn body(resp: ChatResponse, _: &(), x: &Exchange<'_>) -> Bytes {
-        Bytes::from(encode_response(&resp, x.model))
+        match resp.raw {
+            Raw::Anthropic(raw) => raw,
+            _ => Bytes::from(encode_response(&resp, x.model)),
+        }
     }
 
     fn stream_start(req: &ChatRequest, _: (), _: &Exchange<'_>) -> EventEncoder {
@@ -62,6 +79,10 @@ impl Dialect for Anthropic {
     }
 
     fn stream_chunk(st: &mut EventEncoder, chunk: StreamChunk) -> Option<Bytes> {
+        if let Raw::Anthropic(frame) = chunk.raw {
+            st.pass_through();
+            return Some(frame);
+        }
         let mut frames = Vec::new();
         for ev in &chunk.events {
             st.encode(ev, &mut frames);

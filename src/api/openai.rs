@@ -9,7 +9,7 @@ use super::serve::{Dialect, Exchange, StreamSummary, serve};
 use super::{ApiError, AppStateRef, RequestCtx, body};
 use crate::error::{ErrorEnvelope, ProxyError};
 use crate::providers::mock::unix_now;
-use crate::types::{ChatEvent, ChatRequest, ChatResponse, StreamChunk};
+use crate::types::{ChatEvent, ChatRequest, ChatResponse, Raw, StreamChunk};
 use crate::wire::openai::{ChunkEncoder, encode_response, is_usage_only_chunk};
 use crate::wire::sse::{DONE_FRAME, data_frame};
 
@@ -35,9 +35,9 @@ impl Dialect for OpenAi {
 
     /// The upstream's own body when it spoke OpenAI (verbatim), else encoded.
     fn body(resp: ChatResponse, _: &(), x: &Exchange<'_>) -> Bytes {
-        match resp.raw_openai {
-            Some(raw) => raw,
-            None => Bytes::from(encode_response(&resp, x.model)),
+        match resp.raw {
+            Raw::OpenAi(raw) => raw,
+            _ => Bytes::from(encode_response(&resp, x.model)),
         }
     }
 
@@ -58,7 +58,7 @@ impl Dialect for OpenAi {
         if !st.wants_usage && is_usage_only_chunk(&chunk.events) {
             return None;
         }
-        if let Some(raw) = chunk.raw_openai {
+        if let Raw::OpenAi(raw) = chunk.raw {
             return Some(data_frame(&raw));
         }
         let mut out = Vec::new();

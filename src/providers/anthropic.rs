@@ -5,9 +5,9 @@ use super::http::{fetch, read_ok_body, send};
 use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::secret::Secret;
-use crate::types::{ChatRequest, ChatResponse, StreamChunk};
+use crate::types::{ChatRequest, ChatResponse, Raw, StreamChunk};
 use crate::wire::anthropic::{API_VERSION, StreamDecoder, decode_response, encode_request};
-use crate::wire::sse::SseEvent;
+use crate::wire::sse::{SseEvent, named_frame};
 
 #[derive(Debug)]
 pub struct AnthropicProvider {
@@ -58,18 +58,58 @@ impl AnthropicProvider {
         model: &str,
         stream: bool,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let body =
-            encode_request(req, model, stream).map_err(|e| UpstreamError::Untranslatable {
-                param: e.param.unwrap_or_else(|| "messages".into()),
-                message: e.message,
-            })?;
-        let body =
-            serde_json::to_vec(&body).map_err(|e| UpstreamError::Malformed(e.to_string()))?;
-        let rb = self
+        let mut rb = self
             .request(self.client.post(&self.messages_url))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        send(rb, self.api_key.as_ref()).await
+            .header(http::header::CONTENT_TYPE, "application/json");
+        let body = match &req.anthropic_raw {
+            // An Anthropic client's own request, as sent, with our model id.
+            Some(raw) => {
+                if let Some(beta) = &raw.beta {
+                    rb = rb.header("anthropic-beta", beta);
+                }
+                serde_json::to_vec(&RawBody {
+                    body: &raw.body,
+                    model,
+                    stream,
+                })
+            }
+            None => {
+                let translated = encode_request(req, model, stream).map_err(|e| {
+                    UpstreamError::Untranslatable {
+                        param: e.param.unwrap_or_else(|| "messages".into()),
+                        message: e.message,
+                    }
+                })?;
+                serde_json::to_vec(&translated)
+            }
+        }
+        .map_err(|e| UpstreamError::Malformed(e.to_string()))?;
+        send(rb.body(body), self.api_key.as_ref()).await
+    }
+}
+
+/// A client's Anthropic request serialized as sent, except `model` (the upstream's id) and
+/// `stream` (what the router asked for); no copy of the body is made.
+struct RawBody<'a> {
+    body: &'a serde_json::Map<String, serde_json::Value>,
+    model: &'a str,
+    stream: bool,
+}
+
+impl serde::Serialize for RawBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("model", self.model)?;
+        for (k, v) in self.body {
+            if k != "model" && k != "stream" {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        if self.stream {
+            m.serialize_entry("stream", &true)?;
+        }
+        m.end()
     }
 }
 
@@ -77,7 +117,12 @@ impl ChatProvider for AnthropicProvider {
     async fn chat(&self, req: &ChatRequest, model: &str) -> Result<ChatResponse, UpstreamError> {
         let resp = self.send(req, model, false).await?;
         let body = read_ok_body(resp, self.api_key.as_ref()).await?;
-        decode_response(&body).map_err(|e| UpstreamError::Malformed(e.to_string()))
+        let mut out =
+            decode_response(&body).map_err(|e| UpstreamError::Malformed(e.to_string()))?;
+        if req.anthropic_raw.is_some() {
+            out.raw = Raw::Anthropic(body);
+        }
+        Ok(out)
     }
 
     async fn chat_stream(
@@ -89,6 +134,7 @@ impl ChatProvider for AnthropicProvider {
         let decoder = AnthropicEvents {
             decoder: StreamDecoder::new(),
             key: self.api_key.clone(),
+            raw: req.anthropic_raw.is_some(),
         };
         Ok(decode_sse(resp, self.api_key.clone(), decoder))
     }
@@ -125,15 +171,24 @@ fn stream_error(kind: &str, message: String) -> UpstreamError {
 struct AnthropicEvents {
     decoder: StreamDecoder,
     key: Option<Secret>,
+    /// Keep each event's bytes for an Anthropic client (every event, pings included).
+    raw: bool,
 }
 
 impl EventDecoder for AnthropicEvents {
     fn event(&mut self, ev: SseEvent) -> Step {
         match self.decoder.decode(&ev.data) {
+            Ok(Ok(events)) if self.raw => {
+                let name = ev.event.as_deref().unwrap_or("message");
+                Step::Chunk(StreamChunk {
+                    events,
+                    raw: Raw::Anthropic(named_frame(name, &ev.data)),
+                })
+            }
             Ok(Ok(events)) if events.is_empty() => Step::Skip,
             Ok(Ok(events)) => Step::Chunk(StreamChunk {
                 events,
-                raw_openai: None,
+                raw: Raw::None,
             }),
             Ok(Err(e)) => {
                 let msg = crate::secret::redact(&e.message, self.key.as_ref().as_slice());

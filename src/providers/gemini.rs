@@ -5,7 +5,7 @@ use super::http::{fetch, read_ok_body, send};
 use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::secret::Secret;
-use crate::types::{ChatRequest, ChatResponse, StreamChunk};
+use crate::types::{ChatRequest, ChatResponse, Raw, StreamChunk};
 use crate::wire::gemini::{StreamDecoder, decode_response, encode_request};
 use crate::wire::sse::SseEvent;
 
@@ -125,7 +125,7 @@ impl EventDecoder for GeminiEvents {
             Ok(Ok(events)) if events.is_empty() => Step::Skip,
             Ok(Ok(events)) => Step::Chunk(StreamChunk {
                 events,
-                raw_openai: None,
+                raw: Raw::None,
             }),
             Ok(Err(e)) => {
                 let message = crate::secret::redact(&e.message, self.key.as_ref().as_slice());

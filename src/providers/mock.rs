@@ -16,7 +16,7 @@ use tokio::time::{Instant, sleep_until};
 
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::types::{
-    ChatEvent, ChatRequest, ChatResponse, Collected, FinishReason, Role, StreamChunk, Tool,
+    ChatEvent, ChatRequest, ChatResponse, Collected, FinishReason, Raw, Role, StreamChunk, Tool,
     ToolChoice, Usage,
 };
 
@@ -376,7 +376,7 @@ impl ChatProvider for MockProvider {
             message: reply.message,
             finish_reason: reply.finish,
             usage: reply.usage,
-            raw_openai: None,
+            raw: Raw::None,
         })
     }
 
@@ -429,7 +429,7 @@ impl ChatProvider for MockProvider {
             st.sent += 1;
             let chunk = StreamChunk {
                 events: vec![ev],
-                raw_openai: None,
+                raw: Raw::None,
             };
             Some((Ok(chunk), st))
         });

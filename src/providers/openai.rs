@@ -10,7 +10,7 @@ use super::http::{fetch, read_ok_body, send};
 use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::secret::Secret;
-use crate::types::{ChatEvent, ChatRequest, ChatResponse, StreamChunk};
+use crate::types::{ChatEvent, ChatRequest, ChatResponse, Raw, StreamChunk};
 use crate::wire::openai::{DecodedChunk, StreamDecoder, decode_response};
 use crate::wire::sse::SseEvent;
 
@@ -294,7 +294,7 @@ impl EventDecoder for OpenAiEvents {
                 }
                 Step::Chunk(StreamChunk {
                     events,
-                    raw_openai: Some(ev.data),
+                    raw: Raw::OpenAi(ev.data),
                 })
             }
             Ok(DecodedChunk::Error(msg)) => {

@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use crate::error::ProxyError;
 use crate::types::{
     AssistantMessage, ChatEvent, ChatRequest, ChatResponse, Content, ContentPart, FinishReason,
-    FunctionCall, FunctionDef, ImageUrl, Message, Role, Stop, ThinkingBlock, Tool, ToolCall,
+    FunctionCall, FunctionDef, ImageUrl, Message, Raw, Role, Stop, ThinkingBlock, Tool, ToolCall,
     ToolChoice, Usage,
 };
 use crate::wire::sse::named_frame;
@@ -404,12 +404,12 @@ pub fn encode_request(
         }),
         (c, _) => c,
     };
-    // What an Anthropic client sent beyond OpenAI's vocabulary goes back as it came; from
-    // OpenAI clients, the Anthropic parameters some of them send anyway.
-    let mut extra = req.anthropic_extra.clone();
+    // The Anthropic parameters some OpenAI clients send anyway. (Anthropic clients' own
+    // requests reach Anthropic upstreams as they are: see `ChatRequest::anthropic_raw`.)
+    let mut extra = Map::new();
     for key in ["top_k", "thinking", "service_tier"] {
         if let Some(v) = req.extra.get(key) {
-            extra.entry(key).or_insert_with(|| v.clone());
+            extra.insert(key.into(), v.clone());
         }
     }
     // A turn that is one plain text block is sent in the short string form.
@@ -506,7 +506,7 @@ pub fn decode_response(body: &[u8]) -> Result<ChatResponse, serde_json::Error> {
         message: msg,
         finish_reason: r.stop_reason.as_deref().map(stop_reason_to_canonical),
         usage: Some(r.usage.to_canonical()),
-        raw_openai: None,
+        raw: Raw::None,
     })
 }
 
@@ -887,7 +887,7 @@ pub fn decode_request(r: MessagesRequest) -> ChatRequest {
         tool_choice,
         stream_options: None,
         extra,
-        anthropic_extra: r.extra,
+        anthropic_raw: None,
     }
 }
 
@@ -976,11 +976,19 @@ pub struct EventEncoder {
     tool_blocks: HashMap<u32, u32>,
     finish: Option<FinishReason>,
     usage: Option<Usage>,
+    /// The upstream's own events are being forwarded: nothing to open or close here.
+    passthrough: bool,
 }
 
 impl EventEncoder {
+    /// The stream forwards an Anthropic upstream's events verbatim from now on.
+    pub fn pass_through(&mut self) {
+        self.passthrough = true;
+    }
+
     pub fn new(id: String, model: String) -> Self {
         Self {
+            passthrough: false,
             id: anthropic_id(&id),
             model,
             started: false,
@@ -1106,8 +1114,11 @@ impl EventEncoder {
         }
     }
 
-    /// The closing frames after the last event.
+    /// The closing frames after the last event (none when the upstream's were forwarded).
     pub fn finish(&mut self, out: &mut Vec<Bytes>) {
+        if self.passthrough {
+            return;
+        }
         self.start(out);
         self.close(out);
         let usage = self.usage.unwrap_or_default();

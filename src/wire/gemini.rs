@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::types::{
-    ChatEvent, ChatRequest, ChatResponse, Collected, Content, ContentPart, FinishReason, Role,
+    ChatEvent, ChatRequest, ChatResponse, Collected, Content, ContentPart, FinishReason, Raw, Role,
     Stop, ToolChoice, Usage,
 };
 
@@ -445,7 +445,7 @@ pub fn decode_response(body: &[u8]) -> Result<ChatResponse, serde_json::Error> {
         message: reply.message,
         finish_reason: reply.finish,
         usage,
-        raw_openai: None,
+        raw: Raw::None,
     })
 }
 

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    AssistantMessage, ChatEvent, ChatResponse, FinishReason, ThinkingBlock, ToolCall, Usage,
+    AssistantMessage, ChatEvent, ChatResponse, FinishReason, Raw, ThinkingBlock, ToolCall, Usage,
 };
 
 // ---------------------------------------------------------------- decoding (upstream → us)
@@ -116,7 +116,7 @@ pub fn decode_response(body: Bytes) -> Result<ChatResponse, serde_json::Error> {
         message,
         finish_reason,
         usage: wire.usage.map(Usage::from),
-        raw_openai: Some(body),
+        raw: Raw::OpenAi(body),
     })
 }
 

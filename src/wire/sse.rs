@@ -160,12 +160,21 @@ impl SseDecoder {
     }
 }
 
-/// Frames one `data:` event. `payload` must not contain a newline (compact JSON never does).
+/// Appends `payload` as `data:` lines: one line, or one per line of a payload that has
+/// newlines (an upstream may send multi-line data; each line must be its own field).
+fn push_data(b: &mut BytesMut, payload: &[u8]) {
+    for line in payload.split(|c| *c == b'\n') {
+        b.extend_from_slice(b"data: ");
+        b.extend_from_slice(line);
+        b.extend_from_slice(b"\n");
+    }
+}
+
+/// Frames one `data:` event.
 pub fn data_frame(payload: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(payload.len() + 8);
-    b.extend_from_slice(b"data: ");
-    b.extend_from_slice(payload);
-    b.extend_from_slice(b"\n\n");
+    push_data(&mut b, payload);
+    b.extend_from_slice(b"\n");
     b.freeze()
 }
 
@@ -174,9 +183,9 @@ pub fn named_frame(event: &str, payload: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(payload.len() + event.len() + 16);
     b.extend_from_slice(b"event: ");
     b.extend_from_slice(event.as_bytes());
-    b.extend_from_slice(b"\ndata: ");
-    b.extend_from_slice(payload);
-    b.extend_from_slice(b"\n\n");
+    b.extend_from_slice(b"\n");
+    push_data(&mut b, payload);
+    b.extend_from_slice(b"\n");
     b.freeze()
 }
 
@@ -197,6 +206,18 @@ mod tests {
     }
 
     const SAMPLE: &str = ": keep-alive\n\nevent: message_start\ndata: {\"a\":1}\n\ndata: line1\ndata: line2\n\nid: 7\nretry: 10\ndata: é漢字🙂\n\ndata: [DONE]\n\n";
+
+    #[test]
+    fn frames_round_trip_multi_line_data() {
+        let mut d = SseDecoder::new(1 << 20);
+        let mut out = Vec::new();
+        d.feed(&named_frame("x", b"a\nb"), &mut out).unwrap();
+        d.feed(&data_frame(b"{}"), &mut out).unwrap();
+        assert_eq!(out[0].event.as_deref(), Some("x"));
+        assert_eq!(&out[0].data[..], b"a\nb");
+        assert_eq!(&data_frame(b"{}")[..], b"data: {}\n\n");
+        assert_eq!(&out[1].data[..], b"{}");
+    }
 
     #[test]
     fn every_split_gives_the_same_events() {

@@ -12,6 +12,7 @@ pub mod providers;
 pub mod router;
 pub mod secret;
 pub mod server;
+pub mod shutdown;
 pub mod telemetry;
 pub mod types;
 pub mod wire;

@@ -158,6 +158,23 @@ fn describe(s: &Settings) -> String {
                 .unwrap_or_default()
         );
     }
+    let r = &s.routing;
+    let _ = writeln!(
+        o,
+        "routing: strategy={} allowed_fails={} cooldown_time={:?}",
+        r.strategy.as_str(),
+        r.allowed_fails,
+        r.cooldown_time
+    );
+    for (m, f) in &r.fallbacks {
+        let _ = writeln!(o, "fallbacks: {m} -> {}", f.join(", "));
+    }
+    for (m, f) in &r.context_window_fallbacks {
+        let _ = writeln!(o, "context window fallbacks: {m} -> {}", f.join(", "));
+    }
+    if !r.default_fallbacks.is_empty() {
+        let _ = writeln!(o, "default fallbacks: {}", r.default_fallbacks.join(", "));
+    }
     if let Some(dp) = &s.default_provider {
         let _ = writeln!(o, "other model names -> {dp} (default_provider)");
     }

@@ -4,6 +4,8 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -11,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::api::{AppState, app};
 use crate::config::Settings;
 use crate::router::{BuildError, Router};
+use crate::shutdown::{self, Trigger};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -50,9 +53,21 @@ pub fn check_exposure(settings: &Settings) -> Result<(), StartError> {
     Ok(())
 }
 
-pub fn build_app(settings: &Settings) -> Result<axum::Router, StartError> {
+/// The HTTP application and the trigger that ends what is still in flight at shutdown.
+pub struct App {
+    pub router: axum::Router,
+    pub closing: Trigger,
+    pub grace: Duration,
+}
+
+pub fn build_app(settings: &Settings) -> Result<App, StartError> {
     let router = Router::new(settings)?;
-    Ok(app(Arc::new(AppState::new(settings, router))))
+    let (trigger, closing) = shutdown::channel();
+    Ok(App {
+        router: app(Arc::new(AppState::new(settings, router, closing))),
+        closing: trigger,
+        grace: settings.server.shutdown_grace,
+    })
 }
 
 pub async fn bind(settings: &Settings) -> Result<TcpListener, StartError> {
@@ -74,18 +89,35 @@ pub async fn bind(settings: &Settings) -> Result<TcpListener, StartError> {
     })
 }
 
-/// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests and
-/// streams finish.
+/// Serves until `shutdown` resolves; then stops accepting and lets in-flight requests and
+/// streams finish for up to the grace period, after which the ones still open end with an
+/// error (streams) or 503 (replies), and this returns.
 pub async fn serve(
     listener: TcpListener,
-    app: axum::Router,
+    app: App,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let App {
+        router,
+        closing,
+        grace,
+    } = app;
     axum::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        router.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!(
+            grace_s = grace.as_secs_f64(),
+            "shutting down: no new connections; requests in flight may finish"
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            tracing::warn!("grace period over: ending requests still in flight");
+            closing.fire();
+        });
+    })
     .await
 }
 

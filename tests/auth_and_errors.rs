@@ -257,7 +257,10 @@ async fn oversized_body_is_413() {
 
 #[tokio::test]
 async fn concurrency_limit_is_503_with_retry_after() {
-    let px = proxy(&keyed("server: { max_concurrent_requests: 1 }")).await;
+    let px = proxy(&keyed(
+        "server: { max_concurrent_requests: 1, max_queue: 0 }",
+    ))
+    .await;
     let url = px.url();
     let slow = r#"{"model":"slow","stream":true,"messages":[{"role":"user","content":"x"}]}"#;
     let first = send(&url, &[("x-internal-auth", KEY)], slow).await;
@@ -266,6 +269,31 @@ async fn concurrency_limit_is_503_with_retry_after() {
     assert_eq!(resp.headers()["retry-after"], "1");
     expect_error(resp, 503, "UNAVAILABLE").await;
     drop(first);
+}
+
+#[tokio::test]
+async fn a_short_bounded_queue_absorbs_a_burst_then_refuses() {
+    let px = proxy(&keyed(
+        "server: { max_concurrent_requests: 1, max_queue: 1, queue_timeout: 5s }",
+    ))
+    .await;
+    let url = px.url();
+    let slow = r#"{"model":"slow","stream":true,"messages":[{"role":"user","content":"x"}]}"#;
+    let first = send(&url, &[("x-internal-auth", KEY)], slow).await;
+    assert_eq!(first.status(), 200);
+    // The second waits in the queue for the stream to finish, then is served.
+    let queued = {
+        let url = url.clone();
+        tokio::spawn(async move { send(&url, &[("x-internal-auth", KEY)], OK_BODY).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The queue (one place) is full: the third is refused at once.
+    let t = std::time::Instant::now();
+    let third = send(&url, &[("x-internal-auth", KEY)], OK_BODY).await;
+    assert!(t.elapsed() < std::time::Duration::from_secs(1));
+    expect_error(third, 503, "UNAVAILABLE").await;
+    let _ = first.text().await;
+    assert_eq!(queued.await.unwrap().status(), 200);
 }
 
 #[tokio::test]

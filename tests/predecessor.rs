@@ -29,9 +29,15 @@ async fn predecessor_config_and_curl_examples_work_unchanged() {
     let mut settings =
         llm_proxy::config::load(Some(Path::new(&format!("{DIR}/litellm_config.yaml"))), &env)
             .unwrap();
+    assert_eq!(
+        settings.routing.fallbacks,
+        [
+            ("gpt-4".to_string(), vec!["gpt-3.5-turbo".to_string()]),
+            ("claude-3-haiku".to_string(), vec!["gpt-4".to_string()])
+        ]
+    );
     for key in [
         "general_settings.database_url",
-        "router_settings.routing_strategy",
         "router_settings.retry_policy",
         "router_settings.rate_limit",
     ] {

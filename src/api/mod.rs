@@ -30,6 +30,7 @@ use crate::config::Settings;
 use crate::error::{ErrorCode, ProxyError};
 use crate::router::Router;
 use crate::secret::Secret;
+use crate::shutdown::Closing;
 
 /// Everything a handler needs, built once at start and shared.
 pub struct AppState {
@@ -38,12 +39,57 @@ pub struct AppState {
     pub default_model: Option<String>,
     pub max_request_bytes: usize,
     pub concurrency: Arc<Semaphore>,
+    /// Requests waiting for a concurrency slot.
+    pub queue: Queue,
+    pub queue_timeout: std::time::Duration,
+    /// Fires when in-flight requests must end (graceful shutdown's grace period is over).
+    pub closing: Closing,
     pub provider_names: Vec<(String, &'static str)>,
 }
 
-impl AppState {
-    pub fn new(settings: &Settings, router: Router) -> Self {
+/// A counter with a cap: how many requests may wait for a slot.
+pub struct Queue {
+    waiting: std::sync::atomic::AtomicUsize,
+    cap: usize,
+}
+
+/// A place in the queue, given back when dropped.
+pub struct QueueTicket<'a>(&'a Queue);
+
+impl Queue {
+    pub fn new(cap: usize) -> Self {
         Self {
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            cap,
+        }
+    }
+
+    /// A place, or `None` when the queue is full.
+    pub fn enter(&self) -> Option<QueueTicket<'_>> {
+        use std::sync::atomic::Ordering;
+        self.waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.cap).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| QueueTicket(self))
+    }
+}
+
+impl Drop for QueueTicket<'_> {
+    fn drop(&mut self) {
+        self.0
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl AppState {
+    pub fn new(settings: &Settings, router: Router, closing: Closing) -> Self {
+        Self {
+            queue: Queue::new(settings.server.max_queue),
+            queue_timeout: settings.server.queue_timeout,
+            closing,
             provider_names: router
                 .providers()
                 .iter()

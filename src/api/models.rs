@@ -84,10 +84,21 @@ pub async fn health(state: AppStateRef) -> Json<serde_json::Value> {
         .iter()
         .map(|(name, kind)| json!({ "name": name, "kind": kind }))
         .collect();
+    let deployments = state.router.health();
+    // Always 200 (the process is alive); `status` says whether some deployment is out.
+    let status = if deployments
+        .iter()
+        .any(|d| d.state == "cooling" || d.state == "probing")
+    {
+        "degraded"
+    } else {
+        "ok"
+    };
     Json(json!({
-        "status": "ok",
+        "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "providers": providers,
         "models": state.router.models().count(),
+        "deployments": deployments,
     }))
 }

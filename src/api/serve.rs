@@ -15,8 +15,9 @@ use super::{AppState, AppStateRef, Logged, RequestCtx, body, validate};
 use crate::error::{ErrorCode, ProxyError};
 use crate::providers::EventStream;
 use crate::router::{OpenStream, Outcome};
+use crate::shutdown::Closing;
 use crate::telemetry::RequestLog;
-use crate::types::{ChatRequest, ChatResponse, StreamChunk};
+use crate::types::{ChatEvent, ChatRequest, ChatResponse, StreamChunk};
 
 /// What a reply is about, for dialects that report it: the model asked for, the request
 /// (trace) id, where it was served and when it started.
@@ -73,18 +74,39 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     fn stream_end(st: &mut Self::Stream, summary: &StreamSummary) -> Bytes;
 }
 
-fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, ProxyError> {
-    state.concurrency.clone().try_acquire_owned().map_err(|_| {
+/// A slot among `max_concurrent_requests`. When none is free, the request waits in a short
+/// bounded queue (`max_queue` requests, up to `queue_timeout` each); beyond that it is
+/// refused at once with 503 and `retry-after`, so memory stays bounded under any load.
+async fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, ProxyError> {
+    let busy = || {
         ProxyError::new(
             ErrorCode::Unavailable,
             "the proxy is at its concurrent request limit; retry shortly",
         )
-        .with_retry_after(std::time::Duration::from_secs(1))
-    })
+        .with_retry_after(Duration::from_secs(1))
+    };
+    if let Ok(p) = state.concurrency.clone().try_acquire_owned() {
+        return Ok(p);
+    }
+    let Some(_ticket) = state.queue.enter() else {
+        return Err(busy());
+    };
+    match tokio::time::timeout(
+        state.queue_timeout,
+        state.concurrency.clone().acquire_owned(),
+    )
+    .await
+    {
+        Ok(Ok(p)) => Ok(p),
+        _ => Err(busy()),
+    }
 }
 
+/// Which model and deployment served (a fallback's, when one did) and in how many
+/// attempts.
 fn routing_headers(headers: &mut HeaderMap, model: &str, outcome: &Outcome) {
-    if let Ok(v) = HeaderValue::from_str(model) {
+    let served = outcome.deployment.as_ref().map_or(model, |d| &*d.model);
+    if let Ok(v) = HeaderValue::from_str(served) {
         headers.insert("x-llm-proxy-model", v);
     }
     if let Some(d) = &outcome.deployment {
@@ -158,20 +180,26 @@ pub(crate) async fn serve<D: Dialect>(
         Ok(r) => r,
         Err(e) => return fail::<D>(log, e, &ctx),
     };
-    let permit = match admit(&state) {
+    let permit = match admit(&state).await {
         Ok(p) => p,
         Err(e) => return fail::<D>(log, e, &ctx),
     };
     let mut outcome = Outcome::default();
     if req.is_stream() {
-        let opened = state.router.chat_stream(&req, &route, &mut outcome).await;
+        let opened = tokio::select! {
+            r = state.router.chat_stream(&req, &route, &mut outcome) => r,
+            _ = state.closing.fired() => Err(shutting_down()),
+        };
         log.outcome = outcome;
         match opened {
-            Ok(open) => stream_response::<D>(&req, opts, open, log, permit),
+            Ok(open) => stream_response::<D>(&req, opts, open, log, permit, state.closing.clone()),
             Err(e) => fail::<D>(log, e, &ctx),
         }
     } else {
-        let result = state.router.chat(&req, &route, &mut outcome).await;
+        let result = tokio::select! {
+            r = state.router.chat(&req, &route, &mut outcome) => r,
+            _ = state.closing.fired() => Err(shutting_down()),
+        };
         log.outcome = outcome;
         drop(permit);
         match result {
@@ -201,13 +229,31 @@ pub(crate) async fn serve<D: Dialect>(
     }
 }
 
+fn shutting_down() -> ProxyError {
+    ProxyError::new(
+        ErrorCode::Unavailable,
+        "the server is shutting down; retry on another instance",
+    )
+    .with_retry_after(Duration::from_secs(1))
+}
+
 fn stream_response<D: Dialect>(
     req: &ChatRequest,
     opts: D::Options,
     open: OpenStream,
-    log: RequestLog,
+    mut log: RequestLog,
     permit: OwnedSemaphorePermit,
+    closing: Closing,
 ) -> Response {
+    // Time to first token is measured to the first chunk's arrival, not to when the body
+    // is first polled.
+    if open
+        .first
+        .as_ref()
+        .is_some_and(|c| c.events.iter().any(ChatEvent::is_content))
+    {
+        log.stats.ttft = Some(open.first_at.saturating_duration_since(log.started));
+    }
     let mut headers = HeaderMap::new();
     routing_headers(&mut headers, &req.model, &log.outcome);
     let enc = D::stream_start(
@@ -223,6 +269,7 @@ fn stream_response<D: Dialect>(
     let content_type = D::stream_content_type(&enc);
     let st = SseState::<D> {
         first: open.first,
+        closing,
         rest: open.rest,
         enc,
         log,
@@ -249,6 +296,7 @@ fn stream_response<D: Dialect>(
 struct SseState<D: Dialect> {
     first: Option<StreamChunk>,
     rest: EventStream,
+    closing: Closing,
     enc: D::Stream,
     log: RequestLog,
     _permit: OwnedSemaphorePermit,
@@ -268,7 +316,18 @@ fn sse_body<D: Dialect>(
             }
             let next = match st.first.take() {
                 Some(c) => Some(Ok(c)),
-                None => st.rest.next().await,
+                None => tokio::select! {
+                    n = st.rest.next() => n,
+                    // Grace period over: end with an error event, not a cut connection.
+                    _ = st.closing.fired() => {
+                        st.finished = true;
+                        let err = shutting_down();
+                        st.log.fail(&err);
+                        st.log.emit("shutdown");
+                        let frame = D::stream_error(&mut st.enc, &err, &st.log.request_id);
+                        return Some((Ok(frame), st));
+                    }
+                },
             };
             match next {
                 Some(Ok(chunk)) => {

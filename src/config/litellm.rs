@@ -14,7 +14,7 @@ use super::interpolate::{Layered, interpolate};
 use super::native::mb_to_bytes;
 use super::{
     ConfigError, ConfigFormat, EnvSource, ModelSettings, ProviderKind, ProviderSettings, Settings,
-    from_value, secret_from,
+    Strategy, from_value, secret_from,
 };
 use crate::providers::mock::MockSettings;
 
@@ -151,6 +151,42 @@ pub(super) fn load(
         if let Some(v) = map.remove("stream_timeout") {
             s.routing.stream_idle_timeout = duration(&v, &format!("{section}.stream_timeout"))?;
         }
+        if let Some(v) = map.remove("routing_strategy") {
+            let key = format!("{section}.routing_strategy");
+            let name = scalar_string(&v, &key)?.unwrap_or_default();
+            match Strategy::parse(&name) {
+                Some(st) => s.routing.strategy = st,
+                // cost-based and custom strategies: keep serving, say so.
+                None => s.warnings.push(format!(
+                    "`{key}: {name}` is not supported; using simple-shuffle"
+                )),
+            }
+        }
+        if let Some(v) = map.remove("allowed_fails") {
+            let n = number(&v, &format!("{section}.allowed_fails"))?;
+            s.routing.allowed_fails = n.clamp(0.0, 1e6) as u32;
+        }
+        if let Some(v) = map.remove("cooldown_time") {
+            s.routing.cooldown_time = duration(&v, &format!("{section}.cooldown_time"))?;
+        }
+        if let Some(v) = map.remove("retry_after") {
+            s.routing.retry_backoff = duration(&v, &format!("{section}.retry_after"))?;
+        }
+        for (name, target) in [
+            ("fallbacks", &mut s.routing.fallbacks),
+            (
+                "context_window_fallbacks",
+                &mut s.routing.context_window_fallbacks,
+            ),
+        ] {
+            if let Some(v) = map.remove(name) {
+                *target = fallback_list(&v, &format!("{section}.{name}"))?;
+            }
+        }
+        if let Some(v) = map.remove("default_fallbacks") {
+            let key = format!("{section}.default_fallbacks");
+            s.routing.default_fallbacks = string_list(&v, &key)?;
+        }
         warn_unused(&mut s.warnings, section, map);
     }
 
@@ -169,7 +205,6 @@ pub(super) fn load(
         };
         warn_unused(&mut s.warnings, &format!("{key}.model_info"), &info);
         let p = e.litellm_params;
-        warn_unused(&mut s.warnings, &format!("{key}.litellm_params"), &p.rest);
         let (kind, upstream) = split_model(&p.model).ok_or_else(|| ConfigError::Invalid {
             key: format!("{key}.litellm_params.model"),
             message: format!(
@@ -219,14 +254,75 @@ pub(super) fn load(
                 mock: MockSettings::default(),
             });
         }
-        s.models.push(ModelSettings {
-            name: e.model_name,
-            provider: name,
-            model: upstream,
-            max_tokens,
-        });
+        let mut ms = ModelSettings::new(e.model_name, name, upstream);
+        ms.max_tokens = max_tokens;
+        let mut rest = p.rest;
+        let pkey = |k: &str| format!("{key}.litellm_params.{k}");
+        if let Some(v) = rest.remove("weight") {
+            ms.weight = number(&v, &pkey("weight"))?.clamp(0.0, 1e6) as u32;
+        }
+        if let Some(v) = rest.remove("rpm") {
+            ms.rpm = Some(number(&v, &pkey("rpm"))?.max(0.0) as u64);
+        }
+        if let Some(v) = rest.remove("tpm") {
+            ms.tpm = Some(number(&v, &pkey("tpm"))?.max(0.0) as u64);
+        }
+        if let Some(v) = rest.remove("max_parallel_requests") {
+            ms.max_parallel_requests =
+                Some(number(&v, &pkey("max_parallel_requests"))?.clamp(1.0, 1e9) as u32);
+        }
+        if let Some(v) = rest.remove("timeout") {
+            ms.timeouts.timeout = Some(duration(&v, &pkey("timeout"))?);
+        }
+        if let Some(v) = rest.remove("stream_timeout") {
+            ms.timeouts.stream_idle_timeout = Some(duration(&v, &pkey("stream_timeout"))?);
+        }
+        warn_unused(&mut s.warnings, &format!("{key}.litellm_params"), &rest);
+        s.models.push(ms);
     }
     Ok(s)
+}
+
+/// LiteLLM's `fallbacks: [{model: [fallback, …]}, …]` (a mapping is accepted too).
+fn fallback_list(v: &Value, key: &str) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
+    let bad = || ConfigError::Invalid {
+        key: key.into(),
+        message: "write a list of {model: [fallback, …]} entries".into(),
+    };
+    let mut out = Vec::new();
+    let mut add = |m: &serde_yaml_ng::Mapping| -> Result<(), ConfigError> {
+        for (k, v) in m {
+            let model = k.as_str().ok_or_else(bad)?.to_owned();
+            out.push((model, string_list(v, key)?));
+        }
+        Ok(())
+    };
+    match v {
+        Value::Sequence(items) => {
+            for item in items {
+                add(item.as_mapping().ok_or_else(bad)?)?;
+            }
+        }
+        Value::Mapping(m) => add(m)?,
+        _ => return Err(bad()),
+    }
+    Ok(out)
+}
+
+/// A list of names (one name alone is a list of one).
+fn string_list(v: &Value, key: &str) -> Result<Vec<String>, ConfigError> {
+    let bad = || ConfigError::Invalid {
+        key: key.into(),
+        message: "must be a list of model names".into(),
+    };
+    match v {
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Sequence(items) => items
+            .iter()
+            .map(|x| x.as_str().map(str::to_owned).ok_or_else(bad))
+            .collect(),
+        _ => Err(bad()),
+    }
 }
 
 /// `openai/gpt-4o` → (openai, `gpt-4o`); a bare name is inferred as LiteLLM does for the

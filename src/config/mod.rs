@@ -159,6 +159,13 @@ pub struct ServerSettings {
     pub port: u16,
     pub max_request_bytes: usize,
     pub max_concurrent_requests: usize,
+    /// Requests that may wait for a slot once `max_concurrent_requests` are in flight.
+    pub max_queue: usize,
+    /// How long a queued request waits for a slot before 503.
+    pub queue_timeout: Duration,
+    /// On SIGTERM, how long in-flight requests and streams may take to finish before
+    /// streams are closed with an error event.
+    pub shutdown_grace: Duration,
     /// Serve on a non-loopback address with no key configured (explicit opt-in).
     pub allow_unauthenticated: bool,
 }
@@ -170,6 +177,9 @@ impl Default for ServerSettings {
             port: 8002,
             max_request_bytes: 32 << 20,
             max_concurrent_requests: 10_000,
+            max_queue: 1_000,
+            queue_timeout: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(30),
             allow_unauthenticated: false,
         }
     }
@@ -181,29 +191,105 @@ pub struct AuthSettings {
     pub master_key: Option<Secret>,
 }
 
+/// How the router picks among a model's deployments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Weighted random (by `weight`).
+    #[default]
+    SimpleShuffle,
+    /// The fewest requests in flight.
+    LeastBusy,
+    /// Power of two choices on the moving average of time to first token / latency.
+    LatencyBased,
+    /// The furthest under its `rpm` / `tpm`.
+    UsageBased,
+}
+
+impl Strategy {
+    /// Our names and LiteLLM's `routing_strategy` names.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "simple-shuffle" | "simple_shuffle" | "shuffle" => Strategy::SimpleShuffle,
+            "least-busy" | "least_busy" => Strategy::LeastBusy,
+            "latency-based" | "latency-based-routing" | "latency_based" => Strategy::LatencyBased,
+            "usage-based" | "usage-based-routing" | "usage-based-routing-v2" | "usage_based" => {
+                Strategy::UsageBased
+            }
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::SimpleShuffle => "simple-shuffle",
+            Strategy::LeastBusy => "least-busy",
+            Strategy::LatencyBased => "latency-based",
+            Strategy::UsageBased => "usage-based",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RoutingSettings {
-    /// Extra attempts after the first (the spec's minimum is one).
+    pub strategy: Strategy,
+    /// Extra attempts after the first, per model (fallback models get their own).
     pub num_retries: u32,
-    /// Whole non-streaming request, or the wait for a stream's first chunk.
+    /// The whole request, retries and fallbacks included, until the reply (non-streaming)
+    /// or the first chunk of a stream.
     pub timeout: Duration,
+    /// One attempt's wait for a stream's first chunk (defaults to `timeout`).
+    pub first_token_timeout: Option<Duration>,
     pub connect_timeout: Duration,
     /// Longest silence between two chunks of a stream.
     pub stream_idle_timeout: Duration,
-    /// Pause before the first retry; doubles for each further one.
+    /// Pause before a retry on the same deployment; doubles each time, with jitter.
     pub retry_backoff: Duration,
+    /// The longest upstream `retry-after` honoured before a retry.
+    pub max_retry_after: Duration,
+    /// Failures within `fail_window` that take a deployment out.
+    pub allowed_fails: u32,
+    pub fail_window: Duration,
+    /// How long a failing deployment stays out before one probe request is let through.
+    pub cooldown_time: Duration,
+    /// Model → models to try, in order, once its own attempts are spent.
+    pub fallbacks: Vec<(String, Vec<String>)>,
+    /// Model → models to try when the request was too long for it.
+    pub context_window_fallbacks: Vec<(String, Vec<String>)>,
+    /// Tried for any model without its own `fallbacks`.
+    pub default_fallbacks: Vec<String>,
+    /// Ask each provider for its model list this often; failures count against its
+    /// deployments, success brings them back (off when unset).
+    pub health_check_interval: Option<Duration>,
 }
 
 impl Default for RoutingSettings {
     fn default() -> Self {
         Self {
+            strategy: Strategy::SimpleShuffle,
             num_retries: 1,
             timeout: Duration::from_secs(600),
+            first_token_timeout: None,
             connect_timeout: Duration::from_secs(10),
             stream_idle_timeout: Duration::from_secs(120),
             retry_backoff: Duration::from_millis(100),
+            max_retry_after: Duration::from_secs(10),
+            allowed_fails: 3,
+            fail_window: Duration::from_secs(60),
+            cooldown_time: Duration::from_secs(30),
+            fallbacks: Vec::new(),
+            context_window_fallbacks: Vec::new(),
+            default_fallbacks: Vec::new(),
+            health_check_interval: None,
         }
     }
+}
+
+/// Per-deployment overrides of the routing timeouts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelTimeouts {
+    pub timeout: Option<Duration>,
+    pub first_token_timeout: Option<Duration>,
+    pub stream_idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -230,6 +316,31 @@ pub struct ModelSettings {
     /// The upstream's id for it.
     pub model: String,
     pub max_tokens: Option<u64>,
+    /// Share of traffic among the model's deployments (simple-shuffle).
+    pub weight: u32,
+    /// This deployment's requests and tokens per minute (usage-based routing steers
+    /// around a deployment at its limit).
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    /// Requests in flight at most; a full deployment is skipped.
+    pub max_parallel_requests: Option<u32>,
+    pub timeouts: ModelTimeouts,
+}
+
+impl ModelSettings {
+    pub fn new(name: String, provider: String, model: String) -> Self {
+        Self {
+            name,
+            provider,
+            model,
+            max_tokens: None,
+            weight: 1,
+            rpm: None,
+            tpm: None,
+            max_parallel_requests: None,
+            timeouts: ModelTimeouts::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -343,6 +454,39 @@ impl Settings {
                     return Err(ConfigError::Invalid {
                         key: format!("providers.{}.base_url", p.name),
                         message: format!("`{url}` is not an http(s) URL"),
+                    });
+                }
+            }
+        }
+        // A fallback must lead somewhere: a configured model, or any name when a default
+        // provider takes unknown names.
+        if self.default_provider.is_none() {
+            let known = |m: &str| self.models.iter().any(|x| x.name == m);
+            let r = &self.routing;
+            let lists = r
+                .fallbacks
+                .iter()
+                .map(|(m, f)| ("routing.fallbacks", m, f))
+                .chain(
+                    r.context_window_fallbacks
+                        .iter()
+                        .map(|(m, f)| ("routing.context_window_fallbacks", m, f)),
+                );
+            for (key, model, targets) in lists {
+                for t in targets.iter().chain(std::iter::once(model)) {
+                    if !known(t) {
+                        return Err(ConfigError::Invalid {
+                            key: format!("{key}.{model}"),
+                            message: format!("model `{t}` is not configured"),
+                        });
+                    }
+                }
+            }
+            for t in &r.default_fallbacks {
+                if !known(t) {
+                    return Err(ConfigError::Invalid {
+                        key: "routing.default_fallbacks".into(),
+                        message: format!("model `{t}` is not configured"),
                     });
                 }
             }

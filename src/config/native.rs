@@ -9,8 +9,8 @@ use serde_yaml_ng::Value;
 
 use super::interpolate::interpolate;
 use super::{
-    ConfigError, ConfigFormat, EnvSource, ModelSettings, ProviderKind, ProviderSettings, Settings,
-    from_value, secret_from,
+    ConfigError, ConfigFormat, EnvSource, ModelSettings, ModelTimeouts, ProviderKind,
+    ProviderSettings, Settings, Strategy, from_value, secret_from,
 };
 use crate::providers::mock::{Fault, MockSettings};
 use crate::secret::Secret;
@@ -44,6 +44,11 @@ struct Server {
     port: Option<u16>,
     max_request_size_mb: Option<f64>,
     max_concurrent_requests: Option<usize>,
+    max_queue: Option<usize>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    queue_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    shutdown_grace: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -83,12 +88,41 @@ struct Model {
     provider: String,
     model: Option<String>,
     max_tokens: Option<u64>,
+    weight: Option<u32>,
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+    max_parallel_requests: Option<u32>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    first_token_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    stream_idle_timeout: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct Routing {
+    strategy: Option<String>,
     num_retries: Option<u32>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    first_token_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    max_retry_after: Option<Duration>,
+    allowed_fails: Option<u32>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    fail_window: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    cooldown_time: Option<Duration>,
+    /// Kept as a mapping so fallback order follows the file.
+    #[serde(default)]
+    fallbacks: Option<serde_yaml_ng::Mapping>,
+    #[serde(default)]
+    context_window_fallbacks: Option<serde_yaml_ng::Mapping>,
+    #[serde(default)]
+    default_fallbacks: Vec<String>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    health_check_interval: Option<Duration>,
     #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
     timeout: Option<Duration>,
     #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
@@ -122,6 +156,15 @@ pub(super) fn load(
     if let Some(n) = f.server.max_concurrent_requests {
         s.server.max_concurrent_requests = n;
     }
+    if let Some(n) = f.server.max_queue {
+        s.server.max_queue = n;
+    }
+    if let Some(t) = f.server.queue_timeout {
+        s.server.queue_timeout = t;
+    }
+    if let Some(t) = f.server.shutdown_grace {
+        s.server.shutdown_grace = t;
+    }
     s.auth.master_key = secret_from(f.auth.master_key);
     if let Some(l) = f.log_level {
         s.log_level = l;
@@ -153,14 +196,55 @@ pub(super) fn load(
         s.providers.push(provider(name, p)?);
     }
     for m in f.models {
-        s.models.push(ModelSettings {
-            model: m.model.unwrap_or_else(|| m.name.clone()),
-            name: m.name,
-            provider: m.provider,
-            max_tokens: m.max_tokens,
-        });
+        let mut ms = ModelSettings::new(
+            m.name.clone(),
+            m.provider,
+            m.model.unwrap_or_else(|| m.name.clone()),
+        );
+        ms.max_tokens = m.max_tokens;
+        ms.weight = m.weight.unwrap_or(1);
+        ms.rpm = m.rpm;
+        ms.tpm = m.tpm;
+        ms.max_parallel_requests = m.max_parallel_requests;
+        ms.timeouts = ModelTimeouts {
+            timeout: m.timeout,
+            first_token_timeout: m.first_token_timeout,
+            stream_idle_timeout: m.stream_idle_timeout,
+        };
+        s.models.push(ms);
     }
     let r = f.routing;
+    if let Some(name) = r.strategy {
+        s.routing.strategy = Strategy::parse(&name).ok_or_else(|| ConfigError::Invalid {
+            key: "routing.strategy".into(),
+            message: format!(
+                "unknown strategy `{name}` (simple-shuffle, least-busy, latency-based, usage-based)"
+            ),
+        })?;
+    }
+    if let Some(t) = r.first_token_timeout {
+        s.routing.first_token_timeout = Some(t);
+    }
+    if let Some(t) = r.max_retry_after {
+        s.routing.max_retry_after = t;
+    }
+    if let Some(n) = r.allowed_fails {
+        s.routing.allowed_fails = n;
+    }
+    if let Some(t) = r.fail_window {
+        s.routing.fail_window = t;
+    }
+    if let Some(t) = r.cooldown_time {
+        s.routing.cooldown_time = t;
+    }
+    if let Some(m) = r.fallbacks {
+        s.routing.fallbacks = fallback_map(m, "routing.fallbacks")?;
+    }
+    if let Some(m) = r.context_window_fallbacks {
+        s.routing.context_window_fallbacks = fallback_map(m, "routing.context_window_fallbacks")?;
+    }
+    s.routing.default_fallbacks = r.default_fallbacks;
+    s.routing.health_check_interval = r.health_check_interval;
     if let Some(n) = r.num_retries {
         s.routing.num_retries = n;
     }
@@ -177,6 +261,36 @@ pub(super) fn load(
         s.routing.retry_backoff = t;
     }
     Ok(s)
+}
+
+/// `{model: [fallback, …]}` in file order; a single name may stand for a one-item list.
+fn fallback_map(
+    m: serde_yaml_ng::Mapping,
+    key: &str,
+) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
+    let bad = |message: String| ConfigError::Invalid {
+        key: key.into(),
+        message,
+    };
+    let mut out = Vec::new();
+    for (k, v) in m {
+        let Value::String(model) = k else {
+            return Err(bad("model names must be strings".into()));
+        };
+        let list = match v {
+            Value::String(one) => vec![one],
+            Value::Sequence(seq) => seq
+                .into_iter()
+                .map(|x| match x {
+                    Value::String(s) => Ok(s),
+                    _ => Err(bad(format!("`{model}`: fallbacks must be model names"))),
+                })
+                .collect::<Result<_, _>>()?,
+            _ => return Err(bad(format!("`{model}`: write a list of model names"))),
+        };
+        out.push((model, list));
+    }
+    Ok(out)
 }
 
 pub(super) fn mb_to_bytes(mb: f64, key: &str) -> Result<usize, ConfigError> {

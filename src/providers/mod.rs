@@ -29,6 +29,19 @@ pub enum TimeoutKind {
     Total,
     /// Too long between two chunks of a stream.
     StreamIdle,
+    /// Too long waiting for a stream's first chunk.
+    FirstToken,
+}
+
+/// Who a failure says something about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The request itself: the same request fails anywhere; never retried, never counted
+    /// against the deployment.
+    Client,
+    /// The deployment: counted by its circuit breaker, retried (on the same deployment
+    /// only when `retry_same`, otherwise on another one if the model has one).
+    Deployment { retry_same: bool },
 }
 
 /// What went wrong talking to an upstream. Messages never contain a secret: providers
@@ -59,20 +72,50 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// Whether trying again (on this or another deployment) may succeed. Client mistakes
-    /// (4xx other than 408/429) would fail again, so they are never retried.
-    pub fn is_retryable(&self) -> bool {
+    /// Whose fault the failure is, which decides retries and cooldowns.
+    pub fn blame(&self) -> Blame {
         match self {
             UpstreamError::Connect(_) | UpstreamError::Timeout(..) | UpstreamError::Stream(_) => {
-                true
+                Blame::Deployment { retry_same: true }
             }
-            UpstreamError::Status { status, .. } => {
-                *status >= 500 || *status == 429 || *status == 408
-            }
-            UpstreamError::Malformed(_)
-            | UpstreamError::Untranslatable { .. }
-            | UpstreamError::ContentFilter(_) => false,
+            UpstreamError::Status { status, .. } => match *status {
+                s if s >= 500 => Blame::Deployment { retry_same: true },
+                429 | 408 => Blame::Deployment { retry_same: true },
+                // This deployment's credentials: another deployment may have good ones.
+                401 | 403 => Blame::Deployment { retry_same: false },
+                _ => Blame::Client,
+            },
+            // An unreadable reply will be unreadable again from the same upstream.
+            UpstreamError::Malformed(_) => Blame::Deployment { retry_same: false },
+            UpstreamError::Untranslatable { .. } | UpstreamError::ContentFilter(_) => Blame::Client,
         }
+    }
+
+    /// Whether the request was too long for the model's context window, as providers word
+    /// it (`context_length_exceeded`, "prompt is too long", …): what
+    /// `context_window_fallbacks` are for.
+    pub fn is_context_window(&self) -> bool {
+        let UpstreamError::Status {
+            status: 400 | 413 | 422,
+            message,
+            ..
+        } = self
+        else {
+            return false;
+        };
+        let m = message.to_ascii_lowercase();
+        [
+            "context length",
+            "context_length",
+            "context window",
+            "maximum context",
+            "prompt is too long",
+            "too many tokens",
+            "input is too long",
+            "exceeds the maximum number of tokens",
+        ]
+        .iter()
+        .any(|p| m.contains(p))
     }
 
     pub fn into_proxy_error(self) -> ProxyError {
@@ -82,6 +125,7 @@ impl UpstreamError {
                     TimeoutKind::Connect => "connecting to the provider",
                     TimeoutKind::Total => "waiting for the provider",
                     TimeoutKind::StreamIdle => "waiting for the next chunk of the stream",
+                    TimeoutKind::FirstToken => "waiting for the stream's first chunk",
                 };
                 ProxyError::new(
                     ErrorCode::Timeout,

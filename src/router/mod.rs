@@ -1,18 +1,28 @@
 //! The router maps a requested model name to deployments and decides which provider call
-//! to make: it retries retryable failures (preferring another deployment when there is one),
-//! applies deadlines, and never parses bytes.
+//! to make: it balances between a model's deployments, retries what the deployment is to
+//! blame for (preferring another deployment), falls back to other models, takes failing
+//! deployments out for a while, and applies deadlines. It never parses bytes.
 //!
-//! A stream may be retried only before its first byte reached the client. The router opens
-//! the upstream stream and waits for its first chunk itself; only a stream that produced a
-//! chunk is handed to the caller, so every failure before that point is still retryable.
+//! A stream may be retried or failed over only before its first byte reached the client.
+//! The router opens the upstream stream and waits for its first chunk itself; only a
+//! stream that produced a chunk is handed to the caller, so every failure before that
+//! point is still retryable.
 
+mod balance;
+mod breaker;
+mod deployment;
 mod discovery;
+mod health;
 
+pub use breaker::Health;
+pub use deployment::{Deployment, Limits, Timeouts};
 pub use discovery::Discovered;
+pub use health::DeploymentReport;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::time::timeout;
@@ -21,8 +31,10 @@ use crate::config::{ProviderKind, RoutingSettings, Settings};
 use crate::error::{ErrorCode, ProxyError};
 use crate::providers::build::{BuildError as ProviderBuildError, build};
 use crate::providers::http::{ClientBuildError, ClientSettings, build_client};
-use crate::providers::{ChatProvider, EventStream, Provider, TimeoutKind, UpstreamError};
-use crate::types::{ChatRequest, ChatResponse, StreamChunk};
+use crate::providers::{Blame, ChatProvider, EventStream, Provider, TimeoutKind, UpstreamError};
+use crate::types::{ChatEvent, ChatRequest, ChatResponse, StreamChunk};
+use breaker::{Admission, BreakerPolicy};
+use deployment::{DeploymentState, InFlight};
 
 /// A configured provider instance.
 #[derive(Debug)]
@@ -34,16 +46,6 @@ pub struct ProviderEntry {
     pub discover: bool,
 }
 
-/// One concrete place a model can be served from.
-#[derive(Debug, Clone)]
-pub struct Deployment {
-    /// `provider/upstream-model`, as logs and headers show it.
-    pub id: Arc<str>,
-    pub provider: Arc<ProviderEntry>,
-    pub upstream_model: Arc<str>,
-    pub max_tokens: Option<u64>,
-}
-
 /// A requested model name, resolved.
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -51,8 +53,9 @@ pub struct Resolved {
     pub deployments: Arc<[Deployment]>,
 }
 
-/// What happened while serving: which deployment answered (or failed last) and how many
-/// attempts it took. Logged and returned in response headers.
+/// What happened while serving: which deployment answered (or failed last), for which
+/// model (a fallback's, when one served), and how many attempts it took. Logged and
+/// returned in response headers.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
     pub deployment: Option<Deployment>,
@@ -62,6 +65,8 @@ pub struct Outcome {
 /// An opened stream whose first chunk already arrived.
 pub struct OpenStream {
     pub first: Option<StreamChunk>,
+    /// When the first chunk arrived (time to first token is measured to here).
+    pub first_at: Instant,
     pub rest: EventStream,
 }
 
@@ -81,7 +86,11 @@ pub struct Router {
     providers: Vec<Arc<ProviderEntry>>,
     discovered: Arc<Discovered>,
     routing: RoutingSettings,
+    policy: BreakerPolicy,
 }
+
+/// The cap on exponential backoff between retries on one deployment.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Router {
     pub fn new(settings: &Settings) -> Result<Self, BuildError> {
@@ -89,6 +98,12 @@ impl Router {
             connect_timeout: settings.routing.connect_timeout,
             ..ClientSettings::default()
         })?;
+        let r = &settings.routing;
+        let policy = BreakerPolicy {
+            allowed_fails: r.allowed_fails,
+            fail_window: r.fail_window,
+            cooldown: r.cooldown_time,
+        };
         let mut providers = Vec::new();
         for p in &settings.providers {
             let mock_models = settings
@@ -115,14 +130,31 @@ impl Router {
             if !grouped.contains_key(&m.name) {
                 order.push(m.name.clone());
             }
+            let t = m.timeouts;
             grouped.entry(m.name.clone()).or_default().push(Deployment {
                 id: format!("{}/{}", m.provider, m.model).into(),
+                model: m.name.as_str().into(),
                 provider,
                 upstream_model: m.model.as_str().into(),
                 max_tokens: m.max_tokens,
+                weight: m.weight,
+                limits: Limits {
+                    rpm: m.rpm,
+                    tpm: m.tpm,
+                    max_parallel: m.max_parallel_requests,
+                },
+                timeouts: Timeouts {
+                    total: t.timeout.unwrap_or(r.timeout),
+                    first_token: t
+                        .first_token_timeout
+                        .or(r.first_token_timeout)
+                        .unwrap_or(r.timeout),
+                    idle: t.stream_idle_timeout.unwrap_or(r.stream_idle_timeout),
+                },
+                state: Arc::new(DeploymentState::new(policy)),
             });
         }
-        let routes = grouped
+        let routes: HashMap<String, Resolved> = grouped
             .into_iter()
             .map(|(name, deps)| {
                 let r = Resolved {
@@ -138,13 +170,21 @@ impl Router {
             &discovered,
             providers.iter().filter(|p| p.discover).cloned().collect(),
         );
+        if let Some(every) = r.health_check_interval {
+            let all: Vec<Deployment> = routes
+                .values()
+                .flat_map(|r| r.deployments.iter().cloned())
+                .collect();
+            health::spawn_checks(&providers, all, every);
+        }
         Ok(Self {
             routes,
             order,
             default_provider,
             providers,
             discovered,
-            routing: settings.routing.clone(),
+            routing: r.clone(),
+            policy,
         })
     }
 
@@ -152,9 +192,16 @@ impl Router {
         &self.providers
     }
 
-    /// Configured models in config order, each with its first deployment.
+    /// Configured models in config order.
     pub fn models(&self) -> impl Iterator<Item = &Resolved> {
         self.order.iter().filter_map(|n| self.routes.get(n))
+    }
+
+    /// Every configured deployment's state, for `/health`.
+    pub fn health(&self) -> Vec<DeploymentReport> {
+        self.models()
+            .flat_map(|r| r.deployments.iter().map(DeploymentReport::of))
+            .collect()
     }
 
     /// Models the providers reported that are not configured: `(id, provider name)`.
@@ -180,18 +227,29 @@ impl Router {
     }
 
     /// Resolves a model name: a configured model, a model a provider reported, or the name
-    /// as-is on the default provider.
+    /// as-is on the default provider. Names made up on the fly get a deployment with fresh
+    /// state each time (keeping state for arbitrary names would grow without bound).
     pub fn resolve(&self, model: &str) -> Result<Resolved, ProxyError> {
         if let Some(r) = self.routes.get(model) {
             return Ok(r.clone());
         }
         let discovered = self.discovered.provider_of(model, &self.providers);
         if let Some(p) = discovered.or(self.default_provider.as_ref()) {
+            let r = &self.routing;
             let dep = Deployment {
                 id: format!("{}/{}", p.name, model).into(),
+                model: model.into(),
                 provider: p.clone(),
                 upstream_model: model.into(),
                 max_tokens: None,
+                weight: 1,
+                limits: Limits::default(),
+                timeouts: Timeouts {
+                    total: r.timeout,
+                    first_token: r.first_token_timeout.unwrap_or(r.timeout),
+                    idle: r.stream_idle_timeout,
+                },
+                state: Arc::new(DeploymentState::new(self.policy)),
             };
             return Ok(Resolved {
                 model: model.into(),
@@ -207,24 +265,28 @@ impl Router {
         ))
     }
 
-    fn attempts(&self) -> u32 {
-        self.routing.num_retries.saturating_add(1)
+    /// The models to try after `model`'s own attempts, in order.
+    fn fallbacks_of(&self, list: &[(String, Vec<String>)], model: &str) -> Vec<Resolved> {
+        let names: &[String] = list
+            .iter()
+            .find(|(m, _)| m == model)
+            .map(|(_, f)| f.as_slice())
+            .unwrap_or(&[]);
+        self.resolve_all(names, model)
     }
 
-    fn backoff(&self, retry: u32, err: &UpstreamError) -> Duration {
-        const CAP: Duration = Duration::from_secs(5);
-        let exp = self
-            .routing
-            .retry_backoff
-            .saturating_mul(1u32 << retry.min(16))
-            .min(CAP);
-        match err {
-            UpstreamError::Status {
-                retry_after: Some(hint),
-                ..
-            } => exp.max((*hint).min(CAP)),
-            _ => exp,
-        }
+    fn resolve_all(&self, names: &[String], except: &str) -> Vec<Resolved> {
+        names
+            .iter()
+            .filter(|n| n.as_str() != except)
+            .filter_map(|n| match self.resolve(n) {
+                Ok(r) => Some(r),
+                Err(_) => {
+                    tracing::warn!(fallback = %n, "fallback model cannot be resolved; skipped");
+                    None
+                }
+            })
+            .collect()
     }
 
     /// Serves a complete (non-streaming) request.
@@ -234,85 +296,293 @@ impl Router {
         route: &Resolved,
         outcome: &mut Outcome,
     ) -> Result<ChatResponse, ProxyError> {
-        let total = self.routing.timeout;
-        let mut attempt = 0;
-        loop {
-            let dep = &route.deployments[attempt as usize % route.deployments.len()];
-            outcome.deployment = Some(dep.clone());
-            outcome.attempts = attempt + 1;
-            let call = dep.provider.provider.chat(req, &dep.upstream_model);
-            let err = match timeout(total, call).await {
-                Ok(Ok(resp)) => return Ok(resp),
-                Ok(Err(e)) => e,
-                Err(_) => UpstreamError::Timeout(TimeoutKind::Total, total),
-            };
-            attempt += 1;
-            if !err.is_retryable() || attempt >= self.attempts() {
-                log_failure(&err, dep, attempt, false);
-                return Err(fix_timeout(err, total).into_proxy_error());
-            }
-            log_failure(&err, dep, attempt, true);
-            tokio::time::sleep(self.backoff(attempt - 1, &err)).await;
-        }
+        let (resp, _guard) = self
+            .run(route, outcome, false, |dep: Deployment, limit| async move {
+                let started = Instant::now();
+                let call = dep.provider.provider.chat(req, &dep.upstream_model);
+                match timeout(limit, call).await {
+                    Ok(Ok(resp)) => {
+                        dep.state.record_latency(started.elapsed());
+                        if let Some(u) = resp.usage {
+                            dep.state.record_tokens(u.total_tokens);
+                        }
+                        Ok(resp)
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(UpstreamError::Timeout(TimeoutKind::Total, limit)),
+                }
+            })
+            .await?;
+        Ok(resp)
     }
 
-    /// Opens a stream and waits for its first chunk, retrying until then.
+    /// Opens a stream and waits for its first chunk, retrying and falling back until then.
     pub async fn chat_stream(
         &self,
         req: &ChatRequest,
         route: &Resolved,
         outcome: &mut Outcome,
     ) -> Result<OpenStream, ProxyError> {
-        let total = self.routing.timeout;
-        let idle = self.routing.stream_idle_timeout;
-        let mut attempt = 0;
-        loop {
-            let dep = &route.deployments[attempt as usize % route.deployments.len()];
-            outcome.deployment = Some(dep.clone());
-            outcome.attempts = attempt + 1;
-            let open = async {
-                let mut s = dep
-                    .provider
-                    .provider
-                    .chat_stream(req, &dep.upstream_model)
-                    .await?;
-                match s.next().await {
-                    Some(Ok(first)) => Ok(OpenStream {
-                        first: Some(first),
-                        rest: s,
-                    }),
-                    Some(Err(e)) => Err(e),
-                    None => Ok(OpenStream {
-                        first: None,
-                        rest: s,
-                    }),
+        let (open, guard) = self
+            .run(route, outcome, true, |dep: Deployment, limit| async move {
+                let started = Instant::now();
+                let open = async {
+                    let mut s = dep
+                        .provider
+                        .provider
+                        .chat_stream(req, &dep.upstream_model)
+                        .await?;
+                    match s.next().await {
+                        Some(Ok(first)) => Ok((Some(first), s)),
+                        Some(Err(e)) => Err(e),
+                        None => Ok((None, s)),
+                    }
+                };
+                match timeout(limit, open).await {
+                    Ok(Ok((first, rest))) => {
+                        dep.state.record_latency(started.elapsed());
+                        Ok(OpenStream {
+                            first,
+                            first_at: Instant::now(),
+                            rest,
+                        })
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(UpstreamError::Timeout(TimeoutKind::FirstToken, limit)),
                 }
-            };
-            let err = match timeout(total, open).await {
-                Ok(Ok(mut open)) => {
-                    open.rest = with_idle_timeout(open.rest, idle);
-                    return Ok(open);
-                }
-                Ok(Err(e)) => e,
-                Err(_) => UpstreamError::Timeout(TimeoutKind::Total, total),
-            };
-            attempt += 1;
-            if !err.is_retryable() || attempt >= self.attempts() {
-                log_failure(&err, dep, attempt, false);
-                return Err(fix_timeout(err, total).into_proxy_error());
+            })
+            .await?;
+        let dep = outcome
+            .deployment
+            .clone()
+            .ok_or_else(|| ProxyError::new(ErrorCode::ProviderError, "no deployment served"))?;
+        let mut open = open;
+        open.rest = observe(open.rest, dep, guard);
+        Ok(open)
+    }
+
+    /// The attempt loop every request shares: the model's deployments (each attempt on a
+    /// deployment not tried yet when there is one), then its fallbacks, each with its own
+    /// `num_retries`, all within the request's total `timeout`.
+    async fn run<T, F, Fut>(
+        &self,
+        route: &Resolved,
+        outcome: &mut Outcome,
+        stream: bool,
+        attempt: F,
+    ) -> Result<(T, InFlight), ProxyError>
+    where
+        F: Fn(Deployment, Duration) -> Fut,
+        Fut: Future<Output = Result<T, UpstreamError>>,
+    {
+        let deadline = Instant::now() + self.routing.timeout;
+        let per_model = self.routing.num_retries.saturating_add(1);
+        let mut groups = vec![route.clone()];
+        let mut next_group = 0;
+        let mut fallbacks_added = false;
+        let mut last_err: Option<UpstreamError> = None;
+        let mut soonest: Option<Duration> = None;
+        while next_group < groups.len() {
+            let group = groups[next_group].clone();
+            next_group += 1;
+            let deployments: &[Deployment] = &group.deployments;
+            if next_group > 1 {
+                tracing::warn!(from = %route.model, to = %group.model, "falling back to another model");
             }
-            log_failure(&err, dep, attempt, true);
-            tokio::time::sleep(self.backoff(attempt - 1, &err)).await;
+            let mut tried: Vec<usize> = Vec::new();
+            let mut attempts = 0;
+            let mut context_error = false;
+            while attempts < per_model {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(deadline_error(last_err, self.routing.timeout));
+                }
+                let Some((i, probe)) = self.choose(deployments, &tried, &mut soonest) else {
+                    break; // everything here is cooling down or full
+                };
+                let dep = &deployments[i];
+                attempts += 1;
+                outcome.attempts += 1;
+                outcome.deployment = Some(dep.clone());
+                let guard = dep.state.start();
+                let limit = if stream {
+                    dep.timeouts.first_token
+                } else {
+                    dep.timeouts.total
+                }
+                .min(deadline.saturating_duration_since(now));
+                let err = match attempt(dep.clone(), limit).await {
+                    Ok(v) => {
+                        dep.state.on_success();
+                        return Ok((v, guard));
+                    }
+                    Err(e) => e,
+                };
+                drop(guard);
+                let blame = err.blame();
+                if !tried.contains(&i) {
+                    tried.push(i);
+                }
+                match blame {
+                    Blame::Client => {
+                        if probe {
+                            dep.state.release_probe();
+                        }
+                        log_failure(&err, dep, outcome.attempts, false);
+                        if err.is_context_window() {
+                            context_error = true;
+                            last_err = Some(err);
+                            break;
+                        }
+                        return Err(err.into_proxy_error());
+                    }
+                    Blame::Deployment { retry_same } => {
+                        if dep.state.on_failure() {
+                            tracing::warn!(
+                                deployment = %dep.id,
+                                cooldown_s = self.routing.cooldown_time.as_secs_f64(),
+                                "deployment taken out after repeated failures"
+                            );
+                        }
+                        let more = attempts < per_model;
+                        log_failure(&err, dep, outcome.attempts, more);
+                        // Another deployment goes at once; the same one after a backoff.
+                        let other = self.has_other(deployments, &tried);
+                        if more && !other {
+                            if !retry_same {
+                                last_err = Some(err);
+                                break;
+                            }
+                            let pause = self.backoff(attempts - 1, &err);
+                            if Instant::now() + pause >= deadline {
+                                return Err(deadline_error(Some(err), self.routing.timeout));
+                            }
+                            tokio::time::sleep(pause).await;
+                        }
+                        last_err = Some(err);
+                    }
+                }
+            }
+            // This model is spent: its fallbacks next (added once, after the first model).
+            if !fallbacks_added {
+                fallbacks_added = true;
+                let r = &self.routing;
+                let extra = if context_error {
+                    self.fallbacks_of(&r.context_window_fallbacks, &route.model)
+                } else if r.fallbacks.iter().any(|(m, _)| **m == *route.model) {
+                    self.fallbacks_of(&r.fallbacks, &route.model)
+                } else {
+                    self.resolve_all(&r.default_fallbacks, &route.model)
+                };
+                groups.extend(extra);
+            } else if context_error {
+                break;
+            }
+        }
+        match last_err {
+            Some(e) => Err(e.into_proxy_error()),
+            None => Err(ProxyError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "every deployment of `{}` (and of its fallbacks) is cooling down after \
+                     failures or at its concurrency limit; retry shortly",
+                    route.model
+                ),
+            )
+            .with_retry_after(soonest.unwrap_or(Duration::from_secs(1)))),
+        }
+    }
+
+    /// The deployment for the next attempt, and whether it goes as a cooldown probe:
+    /// eligible ones (not cooling, under `max_parallel_requests`), preferring those not
+    /// tried yet, picked by the strategy. Notes the soonest end of a cooldown.
+    fn choose(
+        &self,
+        deployments: &[Deployment],
+        tried: &[usize],
+        soonest: &mut Option<Duration>,
+    ) -> Option<(usize, bool)> {
+        let mut excluded: Vec<usize> = Vec::new();
+        loop {
+            let eligible: Vec<usize> = (0..deployments.len())
+                .filter(|i| !excluded.contains(i))
+                .filter(|i| {
+                    let d = &deployments[*i];
+                    let full = d
+                        .limits
+                        .max_parallel
+                        .is_some_and(|m| d.state.in_flight() >= m);
+                    match d.state.admit(false) {
+                        Admission::Cooling(left) => {
+                            *soonest = Some(soonest.map_or(left, |s| s.min(left)));
+                            false
+                        }
+                        _ => !full,
+                    }
+                })
+                .collect();
+            let fresh: Vec<usize> = eligible
+                .iter()
+                .copied()
+                .filter(|i| !tried.contains(i))
+                .collect();
+            let pool = if fresh.is_empty() { &eligible } else { &fresh };
+            let refs: Vec<&Deployment> = pool.iter().map(|i| &deployments[*i]).collect();
+            let picked = balance::pick(self.routing.strategy, &refs)?;
+            let i = pool
+                .iter()
+                .copied()
+                .find(|i| std::ptr::eq(&deployments[*i], picked))?;
+            match deployments[i].state.admit(true) {
+                Admission::Allowed => return Some((i, false)),
+                Admission::Probe => return Some((i, true)),
+                // Another request took the probe meanwhile.
+                Admission::Cooling(left) => {
+                    *soonest = Some(soonest.map_or(left, |s| s.min(left)));
+                    excluded.push(i);
+                }
+            }
+        }
+    }
+
+    /// Whether an untried deployment of the group could take the next attempt.
+    fn has_other(&self, deployments: &[Deployment], tried: &[usize]) -> bool {
+        (0..deployments.len()).any(|i| {
+            let d = &deployments[i];
+            !tried.contains(&i)
+                && !matches!(d.state.admit(false), Admission::Cooling(_))
+                && d.limits
+                    .max_parallel
+                    .is_none_or(|m| d.state.in_flight() < m)
+        })
+    }
+
+    /// Exponential from `retry_backoff`, with jitter (×0.5–1.0) so retries from many
+    /// clients do not align; at least the upstream's `retry-after`, up to `max_retry_after`.
+    fn backoff(&self, retry: u32, err: &UpstreamError) -> Duration {
+        let exp = self
+            .routing
+            .retry_backoff
+            .saturating_mul(1u32 << retry.min(16))
+            .min(MAX_BACKOFF);
+        let jittered = exp.mul_f64(0.5 + fastrand::f64() * 0.5);
+        match err {
+            UpstreamError::Status {
+                retry_after: Some(hint),
+                ..
+            } => jittered.max((*hint).min(self.routing.max_retry_after)),
+            _ => jittered,
         }
     }
 }
 
-/// Transport-level timeouts do not know their configured length; fill it in for messages.
-fn fix_timeout(err: UpstreamError, total: Duration) -> UpstreamError {
-    match err {
-        UpstreamError::Timeout(kind, d) if d.is_zero() => UpstreamError::Timeout(kind, total),
-        other => other,
+/// The request ran out of its total time: a timeout, naming the last failure if any.
+fn deadline_error(last: Option<UpstreamError>, total: Duration) -> ProxyError {
+    let mut e = UpstreamError::Timeout(TimeoutKind::Total, total).into_proxy_error();
+    if let Some(last) = last {
+        e.message = format!("{} (last failure: {last})", e.message);
     }
+    e
 }
 
 fn log_failure(err: &UpstreamError, dep: &Deployment, attempt: u32, will_retry: bool) {
@@ -331,22 +601,41 @@ fn log_failure(err: &UpstreamError, dep: &Deployment, attempt: u32, will_retry: 
     }
 }
 
-/// Ends a stream with a `StreamIdle` timeout error when no chunk arrives within `idle`.
-fn with_idle_timeout(inner: EventStream, idle: Duration) -> EventStream {
-    futures_util::stream::unfold(Some(inner), move |state| async move {
-        let mut s = state?;
-        match timeout(idle, s.next()).await {
-            Ok(Some(Ok(c))) => Some((Ok(c), Some(s))),
-            Ok(Some(Err(e))) => Some((Err(e), None)),
-            Ok(None) => None,
-            Err(_) => {
-                tracing::warn!("upstream stream idle for {idle:?}; closing it");
-                Some((
-                    Err(UpstreamError::Timeout(TimeoutKind::StreamIdle, idle)),
-                    None,
-                ))
+/// What a stream that reached the client still tells the router: its idle timeout, its
+/// token usage (for usage-based routing), a failure mid-stream (counted against the
+/// deployment), and when it ends (the in-flight count drops with the guard).
+fn observe(inner: EventStream, dep: Deployment, guard: InFlight) -> EventStream {
+    let idle = dep.timeouts.idle;
+    futures_util::stream::unfold(
+        Some((inner, dep, guard)),
+        move |state| async move {
+            let (mut s, dep, guard) = state?;
+            match timeout(idle, s.next()).await {
+                Ok(Some(Ok(c))) => {
+                    for ev in &c.events {
+                        if let ChatEvent::Usage(u) = ev {
+                            guard.state().record_tokens(u.total_tokens);
+                        }
+                    }
+                    Some((Ok(c), Some((s, dep, guard))))
+                }
+                Ok(Some(Err(e))) => {
+                    if matches!(e.blame(), Blame::Deployment { .. }) {
+                        dep.state.on_failure();
+                    }
+                    Some((Err(e), None))
+                }
+                Ok(None) => None,
+                Err(_) => {
+                    tracing::warn!(deployment = %dep.id, "upstream stream idle for {idle:?}; closing it");
+                    dep.state.on_failure();
+                    Some((
+                        Err(UpstreamError::Timeout(TimeoutKind::StreamIdle, idle)),
+                        None,
+                    ))
+                }
             }
-        }
-    })
+        },
+    )
     .boxed()
 }

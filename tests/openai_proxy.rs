@@ -145,7 +145,7 @@ async fn streaming_tool_call_deltas_keep_their_index() {
 #[tokio::test]
 async fn first_chunk_reaches_the_client_while_upstream_holds_the_rest() {
     let up = fake_upstream().await;
-    let px = proxy(&upstream_config(&up, "routing: { timeout: 10s, stream_idle_timeout: 10s }").replace("routing: { num_retries: 1, timeout: 1s, retry_backoff: 10ms, stream_idle_timeout: 500ms }", "")).await;
+    let px = proxy(&upstream_config(&up, "routing: { timeout: 10s, stream_idle_timeout: 10s }").replace("routing: { num_retries: 1, timeout: 5s, attempt_timeout: 1s, retry_backoff: 10ms, stream_idle_timeout: 500ms }", "")).await;
     let resp = post(&px.url(), &chat_body("hold", true)).await;
     assert_eq!(resp.status(), 200);
     let mut r = SseReader::new(resp);

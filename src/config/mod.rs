@@ -237,7 +237,10 @@ pub struct RoutingSettings {
     /// The whole request, retries and fallbacks included, until the reply (non-streaming)
     /// or the first chunk of a stream.
     pub timeout: Duration,
-    /// One attempt's wait for a stream's first chunk (defaults to `timeout`).
+    /// One non-streaming attempt (defaults to `timeout`): shorter lets a hung upstream be
+    /// retried within the request's time.
+    pub attempt_timeout: Option<Duration>,
+    /// One attempt's wait for a stream's first chunk (defaults to `attempt_timeout`).
     pub first_token_timeout: Option<Duration>,
     pub connect_timeout: Duration,
     /// Longest silence between two chunks of a stream.
@@ -268,6 +271,7 @@ impl Default for RoutingSettings {
             strategy: Strategy::SimpleShuffle,
             num_retries: 1,
             timeout: Duration::from_secs(600),
+            attempt_timeout: None,
             first_token_timeout: None,
             connect_timeout: Duration::from_secs(10),
             stream_idle_timeout: Duration::from_secs(120),

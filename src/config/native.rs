@@ -106,6 +106,8 @@ struct Routing {
     strategy: Option<String>,
     num_retries: Option<u32>,
     #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    attempt_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
     first_token_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
     max_retry_after: Option<Duration>,
@@ -224,6 +226,9 @@ pub(super) fn load(
     }
     if let Some(t) = r.first_token_timeout {
         s.routing.first_token_timeout = Some(t);
+    }
+    if let Some(t) = r.attempt_timeout {
+        s.routing.attempt_timeout = Some(t);
     }
     if let Some(t) = r.max_retry_after {
         s.routing.max_retry_after = t;

@@ -144,10 +144,12 @@ impl Router {
                     max_parallel: m.max_parallel_requests,
                 },
                 timeouts: Timeouts {
-                    total: t.timeout.unwrap_or(r.timeout),
+                    total: t.timeout.or(r.attempt_timeout).unwrap_or(r.timeout),
                     first_token: t
                         .first_token_timeout
                         .or(r.first_token_timeout)
+                        .or(t.timeout)
+                        .or(r.attempt_timeout)
                         .unwrap_or(r.timeout),
                     idle: t.stream_idle_timeout.unwrap_or(r.stream_idle_timeout),
                 },
@@ -245,8 +247,11 @@ impl Router {
                 weight: 1,
                 limits: Limits::default(),
                 timeouts: Timeouts {
-                    total: r.timeout,
-                    first_token: r.first_token_timeout.unwrap_or(r.timeout),
+                    total: r.attempt_timeout.unwrap_or(r.timeout),
+                    first_token: r
+                        .first_token_timeout
+                        .or(r.attempt_timeout)
+                        .unwrap_or(r.timeout),
                     idle: r.stream_idle_timeout,
                 },
                 state: Arc::new(DeploymentState::new(self.policy)),
@@ -455,7 +460,8 @@ impl Router {
                             }
                             let pause = self.backoff(attempts - 1, &err);
                             if Instant::now() + pause >= deadline {
-                                return Err(deadline_error(Some(err), self.routing.timeout));
+                                // No time left to wait: the upstream's own answer stands.
+                                return Err(err.into_proxy_error());
                             }
                             tokio::time::sleep(pause).await;
                         }

@@ -390,7 +390,7 @@ models:
   - {{ name: garbage, provider: up, model: garbage }}
   - {{ name: unicode, provider: up, model: unicode }}
   - {{ name: mock-small, provider: mock }}
-routing: {{ num_retries: 1, timeout: 1s, retry_backoff: 10ms, stream_idle_timeout: 500ms }}
+routing: {{ num_retries: 1, timeout: 5s, attempt_timeout: 1s, retry_backoff: 10ms, stream_idle_timeout: 500ms }}
 {extra}
 "#,
         base = up.base_url()

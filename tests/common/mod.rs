@@ -35,6 +35,10 @@ pub struct FakeState {
     pub stream_dropped: AtomicBool,
     pub dropped_notify: Notify,
     pub chunks_sent: AtomicUsize,
+    /// While set, every request fails with 500 (a deployment going down mid-run).
+    pub fail_all: AtomicBool,
+    /// Requests per upstream model name.
+    pub per_model: Mutex<HashMap<String, usize>>,
 }
 
 pub struct FakeUpstream {
@@ -54,6 +58,16 @@ impl FakeUpstream {
     }
     pub fn last_headers(&self) -> HeaderMap {
         self.state.headers.lock().unwrap().last().cloned().unwrap()
+    }
+    /// How many requests named this upstream model.
+    pub fn hits_for(&self, model: &str) -> usize {
+        self.state
+            .per_model
+            .lock()
+            .unwrap()
+            .get(model)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -209,7 +223,19 @@ async fn chat(
     st.bodies.lock().unwrap().push(body.clone());
     st.headers.lock().unwrap().push(headers.clone());
     let model = body["model"].as_str().unwrap_or("").to_owned();
+    *st.per_model
+        .lock()
+        .unwrap()
+        .entry(model.clone())
+        .or_default() += 1;
     let stream = body["stream"].as_bool().unwrap_or(false);
+    if st.fail_all.load(Ordering::SeqCst) {
+        return error_response(500, "deployment down");
+    }
+    if model == "late" {
+        // A slow first token; otherwise an ordinary reply.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
     let usage = body["stream_options"]["include_usage"]
         .as_bool()
         .unwrap_or(false);
@@ -231,6 +257,44 @@ async fn chat(
             r
         }
         "fail400" => error_response(400, "Invalid parameter: messages[0].content is bad"),
+        "context-too-long" => error_response(
+            400,
+            "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
+        ),
+        "malformed" if !stream => (
+            StatusCode::OK,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            "{\"id\": \"chatcmpl-x\", \"choices\": [",
+        )
+            .into_response(),
+        "reset" if stream => {
+            // Two chunks, then the connection is torn down mid-body.
+            let frames = frames(text_chunks(&["one", " two", " three"]));
+            let s =
+                futures_util::stream::iter(frames.into_iter().take(2).map(Ok::<_, std::io::Error>))
+                    .then(|f| async {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        f
+                    })
+                    .chain(futures_util::stream::once(async {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "reset",
+                        ))
+                    }));
+            sse_response(Body::from_stream(s))
+        }
+        "drip" if stream => {
+            let pieces: Vec<String> = (0..10).map(|i| format!(" d{i}")).collect();
+            let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+            sse_response(stream_body(
+                st.clone(),
+                frames(text_chunks(&refs)),
+                Duration::from_millis(30),
+                false,
+            ))
+        }
         "fail429" => {
             let mut r = error_response(429, "Rate limit reached for requests");
             r.headers_mut().insert("retry-after", "2".parse().unwrap());

@@ -469,3 +469,40 @@ async fn openapi_describes_every_endpoint_and_docs_render_it() {
     );
     assert!(page.text().await.unwrap().contains("/openapi.json"));
 }
+
+#[tokio::test]
+async fn completions_name_bad_fields_and_refuse_legacy_options() {
+    let (_fp, _up, px) = setup().await;
+    for (body, param) in [
+        (
+            json!({"model": "mock-text", "prompt": "x", "temperature": "hot"}),
+            "temperature",
+        ),
+        (
+            json!({"model": "mock-text", "prompt": "x", "echo": true}),
+            "echo",
+        ),
+        (
+            json!({"model": "mock-text", "prompt": "x", "logprobs": 5}),
+            "logprobs",
+        ),
+    ] {
+        let resp = client()
+            .post(format!("{}/llm/completions", px.url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{body}");
+        let got: Value = resp.json().await.unwrap();
+        assert_eq!(got["error"]["param"], param, "{body}: {got}");
+    }
+    // A stream format only matters to a stream.
+    let resp = client()
+        .post(format!("{}/llm/completions?format=xml", px.url()))
+        .json(&json!({"model": "mock-text", "prompt": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Uri};
 use serde_json::Value;
 
-use super::openapi::CompletionRequest;
+use super::openapi::{CompletionRequest, LlmChatRequest};
 use super::serve::{Dialect, Exchange, StreamSummary, serve};
 use super::{ApiError, AppStateRef, RequestCtx, body};
 use crate::error::{ErrorEnvelope, ProxyError};
@@ -218,7 +218,6 @@ impl LlmEndpoint for Completions {
         headers: &HeaderMap,
         uri: &Uri,
     ) -> Result<(ChatRequest, LlmOptions), ProxyError> {
-        let format = stream_format(headers, uri)?;
         let Value::Object(map) = body::decode::<Value>(bytes)? else {
             return Err(ProxyError::invalid(
                 "(body)",
@@ -226,8 +225,16 @@ impl LlmEndpoint for Completions {
             ));
         };
         let chat = completion_to_chat(map)?;
-        let mut req: ChatRequest = serde_json::from_value(chat)
-            .map_err(|e| ProxyError::invalid("(body)", format!("invalid request: {e}")))?;
+        // Decoded like every other body, so a wrong type names its field.
+        let chat =
+            serde_json::to_vec(&chat).map_err(|e| ProxyError::invalid("(body)", e.to_string()))?;
+        let mut req: ChatRequest = body::decode(&chat)?;
+        // The stream format matters only to a stream.
+        let format = if req.is_stream() {
+            stream_format(headers, uri)?
+        } else {
+            StreamFormat::Sse
+        };
         let deltas = take_deltas(&mut req)?;
         Ok((
             req,
@@ -243,7 +250,7 @@ impl LlmEndpoint for Completions {
 /// One normalized reply (`message`, `usage`, `provider`, `trace_id`, `latency_ms`) from
 /// any provider.
 #[utoipa::path(post, path = "/llm/chat", tag = "llm",
-    request_body = ChatRequest,
+    request_body = LlmChatRequest,
     responses(
         (status = 200, description = "The normalized reply", body = LlmChatResponse),
         (status = 400, description = "INVALID_REQUEST: bad JSON, types or parameters", body = ErrorEnvelope),
@@ -268,7 +275,7 @@ pub async fn chat(
 /// `"tool_call_deltas": true`), then `end` or `error`. SSE with named events by default;
 /// JSON lines with `Accept: application/x-ndjson` or `?format=ndjson`.
 #[utoipa::path(post, path = "/llm/stream", tag = "llm",
-    request_body = ChatRequest,
+    request_body = LlmChatRequest,
     params(("format" = Option<String>, Query, description = "`sse` (default) or `ndjson`")),
     responses(
         (status = 200, description = "The event stream; each event's `type` is its SSE event name",
@@ -296,7 +303,9 @@ pub async fn stream(
 #[utoipa::path(post, path = "/llm/completions", tag = "llm",
     request_body = CompletionRequest,
     responses(
-        (status = 200, description = "The completion", body = LlmCompletionResponse),
+        (status = 200, description = "The completion; with `stream: true` the events of `/llm/stream`",
+         content((LlmCompletionResponse = "application/json"), (StreamEvent = "text/event-stream"),
+                 (StreamEvent = "application/x-ndjson"))),
         (status = 400, description = "INVALID_REQUEST: bad JSON, types or parameters", body = ErrorEnvelope),
         (status = 401, description = "UNAUTHORIZED: missing or wrong key", body = ErrorEnvelope),
         (status = 404, description = "NOT_FOUND: unknown model", body = ErrorEnvelope),

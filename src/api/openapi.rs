@@ -35,6 +35,16 @@ pub struct CompletionRequest {
     extra: Map<String, Value>,
 }
 
+/// `POST /llm/chat` and `/llm/stream`: an OpenAI-shaped chat request, plus our option.
+#[derive(ToSchema, serde::Deserialize)]
+#[allow(dead_code)] // a description of the body
+pub struct LlmChatRequest {
+    #[serde(flatten)]
+    chat: ChatRequest,
+    /// `/llm/stream`: also send `tool_call_delta` events as arguments arrive.
+    tool_call_deltas: Option<bool>,
+}
+
 /// One model in the spec's listing.
 #[derive(ToSchema)]
 #[allow(dead_code)] // a description of what models::llm_models writes
@@ -89,7 +99,7 @@ impl Modify for Security {
         ChatRequest, Message, Role, Content, ContentPart, ImageUrl, Tool, FunctionDef, ToolChoice,
         ToolCall, FunctionCall, Stop, StreamOptions, Usage, LlmChatResponse, LlmMessage,
         LlmCompletionResponse, StreamEvent, WireToolCall, WireUsage, ErrorEnvelope, ErrorObject,
-        ErrorCode, CompletionRequest, LlmModel
+        ErrorCode, CompletionRequest, LlmChatRequest, LlmModel
     )),
     modifiers(&Security),
     security(("bearer" = []), ("x-api-key" = []), ("x-internal-auth" = [])),

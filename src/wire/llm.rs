@@ -249,6 +249,21 @@ pub fn completion_to_chat(mut body: Map<String, Value>) -> Result<Value, ProxyEr
             "/llm/completions takes `prompt`; send `messages` to /llm/chat",
         ));
     }
+    // Legacy completion options a chat model cannot honour: refused, not silently dropped.
+    for key in ["echo", "suffix", "best_of"] {
+        if body.get(key).is_some_and(|v| !v.is_null()) {
+            return Err(ProxyError::invalid(
+                key,
+                format!("`{key}` is not supported: completions are served by chat models"),
+            ));
+        }
+    }
+    if body.get("logprobs").is_some_and(Value::is_number) {
+        return Err(ProxyError::invalid(
+            "logprobs",
+            "a number of `logprobs` is the legacy completions API; send `logprobs: true`",
+        ));
+    }
     let prompt = match body.remove("prompt") {
         Some(Value::String(p)) => p,
         Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
@@ -348,7 +363,6 @@ impl EventEncoder {
     pub fn encode(&mut self, event: &ChatEvent, out: &mut Vec<u8>) {
         match event {
             ChatEvent::TextDelta(t) => {
-                self.flush_tools(self.tools.len(), out);
                 self.index += 1;
                 let ev = StreamEvent::Token {
                     token: t,
@@ -401,7 +415,11 @@ impl EventEncoder {
                     Self::frame(self.format, &ev, out);
                 }
             }
-            ChatEvent::Finish(f) => self.finish = Some(*f),
+            ChatEvent::Finish(f) => {
+                // The reply is complete, and so is every call in it.
+                self.flush_tools(self.tools.len(), out);
+                self.finish = Some(*f);
+            }
             ChatEvent::Usage(u) => self.usage = Some(*u),
             // Signatures only matter to the provider that made them.
             ChatEvent::ReasoningSignature(_) | ChatEvent::RedactedReasoning(_) => {}

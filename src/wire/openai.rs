@@ -132,6 +132,8 @@ struct WireChunk<'a> {
 
 #[derive(Deserialize)]
 struct WireChunkChoice<'a> {
+    #[serde(default)]
+    index: Option<u32>,
     #[serde(default, borrow)]
     delta: Option<WireDelta<'a>>,
     #[serde(default, borrow)]
@@ -221,7 +223,13 @@ impl StreamDecoder {
             return Ok(DecodedChunk::Error(error_message_from_value(&err)));
         }
         let mut events = Vec::new();
-        if let Some(choice) = chunk.choices.into_iter().next() {
+        // With `n` > 1 the choices of several replies interleave; only the first reply
+        // becomes canonical events (the raw chunk still carries all of them).
+        let first = chunk
+            .choices
+            .into_iter()
+            .find(|c| c.index.unwrap_or(0) == 0);
+        if let Some(choice) = first {
             if let Some(delta) = choice.delta {
                 if let Some(r) = delta.reasoning_content.filter(|r| !r.is_empty()) {
                     events.push(ChatEvent::ReasoningDelta(r.into_owned()));
@@ -654,6 +662,18 @@ mod tests {
                 ChatEvent::Finish(FinishReason::ToolCalls)
             ]
         );
+    }
+
+    #[test]
+    fn only_the_first_choice_becomes_events() {
+        let mut d = StreamDecoder::default();
+        let DecodedChunk::Events(e) = d
+            .decode(br#"{"choices":[{"index":1,"delta":{"content":"B"}},{"index":0,"delta":{"content":"A"}}]}"#)
+            .unwrap()
+        else {
+            panic!("events expected")
+        };
+        assert_eq!(e, vec![ChatEvent::TextDelta("A".into())]);
     }
 
     #[test]

@@ -463,3 +463,40 @@ async fn router_config_in_both_formats() {
     );
     let _ = json!({});
 }
+
+#[tokio::test]
+async fn active_health_checks_take_a_dead_provider_out_and_bring_it_back() {
+    let up = fake_upstream().await;
+    let px = proxy(&config(
+        &up,
+        "  - { name: m, provider: a, model: ok }",
+        "health_check_interval: 50ms, allowed_fails: 2, cooldown_time: 10s",
+    ))
+    .await;
+    let url = px.url();
+    up.state.fail_all.store(true, Ordering::SeqCst);
+    let mut state = String::new();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        state = state_of(&health(&url).await, "a/ok").to_owned();
+        if state == "cooling" {
+            break;
+        }
+    }
+    assert_eq!(
+        state, "cooling",
+        "failed checks took it out without any traffic"
+    );
+    up.state.fail_all.store(false, Ordering::SeqCst);
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        state = state_of(&health(&url).await, "a/ok").to_owned();
+        if state == "healthy" {
+            break;
+        }
+    }
+    assert_eq!(
+        state, "healthy",
+        "a passing check brings it back before its cooldown ends"
+    );
+}

@@ -397,10 +397,14 @@ async fn chat(
     }
 }
 
-async fn models() -> Json<Value> {
+async fn models(State(st): State<Arc<FakeState>>) -> Response {
+    if st.fail_all.load(Ordering::SeqCst) {
+        return error_response(503, "deployment down");
+    }
     Json(
         json!({"object": "list", "data": [{"id": "fake-upstream-model", "object": "model", "created": 0, "owned_by": "fake"}]}),
     )
+    .into_response()
 }
 
 pub async fn fake_upstream() -> FakeUpstream {

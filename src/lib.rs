@@ -8,6 +8,8 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod keys;
+pub mod limits;
 pub mod providers;
 pub mod router;
 pub mod secret;

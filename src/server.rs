@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{AppState, app};
 use crate::config::Settings;
+use crate::limits::Limiter;
 use crate::router::{BuildError, Router};
 use crate::shutdown::{self, Trigger};
 
@@ -19,6 +20,8 @@ use crate::shutdown::{self, Trigger};
 pub enum StartError {
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error("{0}")]
+    Limits(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -43,6 +46,7 @@ pub fn is_loopback(host: &str) -> bool {
 /// An open door to every provider must not be opened by accident.
 pub fn check_exposure(settings: &Settings) -> Result<(), StartError> {
     if settings.auth.master_key.is_none()
+        && settings.auth.keys.is_empty()
         && !settings.server.allow_unauthenticated
         && !is_loopback(&settings.server.host)
     {
@@ -62,9 +66,10 @@ pub struct App {
 
 pub fn build_app(settings: &Settings) -> Result<App, StartError> {
     let router = Router::new(settings)?;
+    let limiter = Arc::new(Limiter::new(&settings.limits).map_err(StartError::Limits)?);
     let (trigger, closing) = shutdown::channel();
     Ok(App {
-        router: app(Arc::new(AppState::new(settings, router, closing))),
+        router: app(Arc::new(AppState::new(settings, router, limiter, closing))),
         closing: trigger,
         grace: settings.server.shutdown_grace,
     })

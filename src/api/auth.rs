@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState, RequestCtx};
 use crate::error::{ErrorCode, ProxyError};
+use crate::keys::AuthFailure;
 
 /// Every key the request presents, from every accepted header.
 fn presented_keys(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {
@@ -30,29 +31,27 @@ fn presented_keys(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {
     bearer.chain(plain).filter(|k| !k.is_empty())
 }
 
+/// Identifies the caller (master key, virtual key, or anonymous when no key is
+/// configured) and hands the principal to the handler; anything else is a 401.
 pub async fn require_key(
     State(state): State<Arc<AppState>>,
     ctx: RequestCtx,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
-    let Some(master) = &state.master_key else {
-        return next.run(req).await;
-    };
-    let mut any = false;
-    let mut ok = false;
-    for key in presented_keys(req.headers()) {
-        any = true;
-        // No early exit: every presented key costs the same comparison.
-        ok |= master.matches(key);
+    match state.keys.identify(presented_keys(req.headers())) {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal);
+            next.run(req).await
+        }
+        Err(failure) => {
+            let message = match failure {
+                AuthFailure::Invalid => "invalid API key",
+                AuthFailure::Missing => {
+                    "missing API key: send `Authorization: Bearer <key>`, `x-api-key: <key>` or `x-internal-auth: <key>`"
+                }
+            };
+            ApiError::new(ProxyError::new(ErrorCode::Unauthorized, message), &ctx).into_response()
+        }
     }
-    if ok {
-        return next.run(req).await;
-    }
-    let message = if any {
-        "invalid API key"
-    } else {
-        "missing API key: send `Authorization: Bearer <key>`, `x-api-key: <key>` or `x-internal-auth: <key>`"
-    };
-    ApiError::new(ProxyError::new(ErrorCode::Unauthorized, message), &ctx).into_response()
 }

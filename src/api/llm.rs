@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::openapi::{CompletionRequest, LlmChatRequest};
 use super::serve::{Dialect, Exchange, StreamSummary, serve};
-use super::{ApiError, AppStateRef, RequestCtx, body};
+use super::{ApiError, AppStateRef, Caller, RequestCtx, body};
 use crate::error::{ErrorEnvelope, ProxyError};
 use crate::types::{ChatRequest, ChatResponse, StreamChunk};
 use crate::wire::llm::{
@@ -264,11 +264,12 @@ impl LlmEndpoint for Completions {
 pub async fn chat(
     state: AppStateRef,
     ctx: RequestCtx,
+    caller: Caller,
     headers: HeaderMap,
     uri: Uri,
     raw: Body,
 ) -> Response {
-    serve::<Chat>(state, ctx, headers, uri, raw).await
+    serve::<Chat>(state, ctx, caller, headers, uri, raw).await
 }
 
 /// The streaming normalizer: `token`, `reasoning`, `tool_call` (and `tool_call_delta` with
@@ -291,11 +292,12 @@ pub async fn chat(
 pub async fn stream(
     state: AppStateRef,
     ctx: RequestCtx,
+    caller: Caller,
     headers: HeaderMap,
     uri: Uri,
     raw: Body,
 ) -> Response {
-    serve::<Stream>(state, ctx, headers, uri, raw).await
+    serve::<Stream>(state, ctx, caller, headers, uri, raw).await
 }
 
 /// A prompt in, text out, from any provider (chat-only ones included); `stream: true`
@@ -317,9 +319,10 @@ pub async fn stream(
 pub async fn completions(
     state: AppStateRef,
     ctx: RequestCtx,
+    caller: Caller,
     headers: HeaderMap,
     uri: Uri,
     raw: Body,
 ) -> Response {
-    serve::<Completions>(state, ctx, headers, uri, raw).await
+    serve::<Completions>(state, ctx, caller, headers, uri, raw).await
 }

@@ -9,7 +9,7 @@ use http::{HeaderMap, Uri};
 use serde_json::json;
 
 use super::serve::{Dialect, Exchange, StreamSummary, serve};
-use super::{AppStateRef, RequestCtx, body};
+use super::{AppStateRef, Caller, RequestCtx, body};
 use crate::error::ProxyError;
 use std::sync::Arc;
 
@@ -122,11 +122,12 @@ fn join(frames: Vec<Bytes>) -> Option<Bytes> {
 pub async fn messages(
     state: AppStateRef,
     ctx: RequestCtx,
+    caller: Caller,
     headers: HeaderMap,
     uri: Uri,
     raw: Body,
 ) -> Response {
-    serve::<Anthropic>(state, ctx, headers, uri, raw).await
+    serve::<Anthropic>(state, ctx, caller, headers, uri, raw).await
 }
 
 /// An estimate (about four characters a token) — enough for clients that budget context;
@@ -137,6 +138,7 @@ pub async fn messages(
 pub async fn count_tokens(
     state: AppStateRef,
     ctx: RequestCtx,
+
     headers: HeaderMap,
     raw: Body,
 ) -> Response {

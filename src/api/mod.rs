@@ -28,14 +28,16 @@ pub use error::ApiError;
 
 use crate::config::Settings;
 use crate::error::{ErrorCode, ProxyError};
+use crate::keys::{KeyRing, Principal};
+use crate::limits::Limiter;
 use crate::router::Router;
-use crate::secret::Secret;
 use crate::shutdown::Closing;
 
 /// Everything a handler needs, built once at start and shared.
 pub struct AppState {
     pub router: Router,
-    pub master_key: Option<Secret>,
+    pub keys: KeyRing,
+    pub limiter: Arc<Limiter>,
     pub default_model: Option<String>,
     pub max_request_bytes: usize,
     pub concurrency: Arc<Semaphore>,
@@ -85,7 +87,12 @@ impl Drop for QueueTicket<'_> {
 }
 
 impl AppState {
-    pub fn new(settings: &Settings, router: Router, closing: Closing) -> Self {
+    pub fn new(
+        settings: &Settings,
+        router: Router,
+        limiter: Arc<Limiter>,
+        closing: Closing,
+    ) -> Self {
         Self {
             queue: Queue::new(settings.server.max_queue),
             queue_timeout: settings.server.queue_timeout,
@@ -96,7 +103,8 @@ impl AppState {
                 .map(|p| (p.name.clone(), p.kind.as_str()))
                 .collect(),
             router,
-            master_key: settings.auth.master_key.clone(),
+            keys: KeyRing::new(&settings.auth),
+            limiter,
             default_model: settings.default_model.clone(),
             max_request_bytes: settings.server.max_request_bytes,
             concurrency: Arc::new(Semaphore::new(
@@ -106,6 +114,32 @@ impl AppState {
                     .clamp(1, Semaphore::MAX_PERMITS),
             )),
         }
+    }
+}
+
+/// Who is calling and from where: the principal the auth layer identified (anonymous
+/// when no key is configured) and the TCP peer.
+#[derive(Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    pub peer: Option<std::net::SocketAddr>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Caller {
+            principal: parts
+                .extensions
+                .get::<Principal>()
+                .cloned()
+                .unwrap_or(Principal::Anonymous),
+            peer: parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0),
+        })
     }
 }
 

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Uri};
 
 use super::serve::{Dialect, Exchange, StreamSummary, serve};
-use super::{ApiError, AppStateRef, RequestCtx, body};
+use super::{ApiError, AppStateRef, Caller, RequestCtx, body};
 use crate::error::{ErrorEnvelope, ProxyError};
 use crate::providers::mock::unix_now;
 use crate::types::{ChatEvent, ChatRequest, ChatResponse, Raw, StreamChunk};
@@ -101,9 +101,10 @@ impl Dialect for OpenAi {
 pub async fn chat_completions(
     state: AppStateRef,
     ctx: RequestCtx,
+    caller: Caller,
     headers: HeaderMap,
     uri: Uri,
     raw: Body,
 ) -> Response {
-    serve::<OpenAi>(state, ctx, headers, uri, raw).await
+    serve::<OpenAi>(state, ctx, caller, headers, uri, raw).await
 }

@@ -11,8 +11,10 @@ use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{AppState, AppStateRef, Logged, RequestCtx, body, validate};
+use super::{AppState, AppStateRef, Caller, Logged, RequestCtx, body, validate};
 use crate::error::{ErrorCode, ProxyError};
+use crate::keys::Principal;
+use crate::limits::{RateStatus, Ticket, estimate_tokens};
 use crate::providers::EventStream;
 use crate::router::{OpenStream, Outcome};
 use crate::shutdown::Closing;
@@ -161,6 +163,7 @@ fn prepare<D: Dialect>(
 pub(crate) async fn serve<D: Dialect>(
     state: AppStateRef,
     ctx: RequestCtx,
+    caller: Caller,
     headers: HeaderMap,
     uri: Uri,
     raw: Body,
@@ -176,9 +179,39 @@ pub(crate) async fn serve<D: Dialect>(
         Err(e) => return fail::<D>(log, e, &ctx),
     };
     drop(bytes);
+    if let Principal::Key(k) = &caller.principal {
+        log.key = Some(k.name.clone());
+        if !k.allows(&req.model) {
+            let e = ProxyError::new(
+                ErrorCode::Forbidden,
+                format!("key `{}` may not use model `{}`", k.name, req.model),
+            );
+            return fail::<D>(log, e, &ctx);
+        }
+    }
     let route = match state.router.resolve(&req.model) {
         Ok(r) => r,
         Err(e) => return fail::<D>(log, e, &ctx),
+    };
+    let ip = state.limiter.client_ip(caller.peer, &headers);
+    let mut rate = RateStatus::default();
+    let ticket = match state.limiter.scope(&caller.principal, ip) {
+        Some(scope) => match state
+            .limiter
+            .admit(scope, estimate_tokens(&req), &ctx.id)
+            .await
+        {
+            Ok(t) => {
+                rate = t.status;
+                Some(t)
+            }
+            Err((e, status)) => {
+                let mut resp = fail::<D>(log, e, &ctx);
+                status.headers(resp.headers_mut());
+                return resp;
+            }
+        },
+        None => None,
     };
     let permit = match admit(&state).await {
         Ok(p) => p,
@@ -192,8 +225,27 @@ pub(crate) async fn serve<D: Dialect>(
         };
         log.outcome = outcome;
         match opened {
-            Ok(open) => stream_response::<D>(&req, opts, open, log, permit, state.closing.clone()),
-            Err(e) => fail::<D>(log, e, &ctx),
+            Ok(open) => {
+                let mut resp = stream_response::<D>(
+                    &req,
+                    opts,
+                    open,
+                    log,
+                    permit,
+                    state.closing.clone(),
+                    ticket,
+                );
+                rate.headers(resp.headers_mut());
+                resp
+            }
+            Err(e) => {
+                if let Some(t) = ticket {
+                    t.finish(Some(0));
+                }
+                let mut resp = fail::<D>(log, e, &ctx);
+                rate.headers(resp.headers_mut());
+                resp
+            }
         }
     } else {
         let result = tokio::select! {
@@ -202,6 +254,13 @@ pub(crate) async fn serve<D: Dialect>(
         };
         log.outcome = outcome;
         drop(permit);
+        if let Some(t) = ticket {
+            // A failed request used no tokens; a reply, what it reports.
+            t.finish(match &result {
+                Ok(r) => r.usage.map(|u| u.total_tokens),
+                Err(_) => Some(0),
+            });
+        }
         match result {
             Ok(resp) => {
                 log.stats.usage = resp.usage;
@@ -221,10 +280,15 @@ pub(crate) async fn serve<D: Dialect>(
                 )
                     .into_response();
                 routing_headers(out.headers_mut(), &req.model, &log.outcome);
+                rate.headers(out.headers_mut());
                 out.extensions_mut().insert(Logged);
                 out
             }
-            Err(e) => fail::<D>(log, e, &ctx),
+            Err(e) => {
+                let mut resp = fail::<D>(log, e, &ctx);
+                rate.headers(resp.headers_mut());
+                resp
+            }
         }
     }
 }
@@ -244,6 +308,7 @@ fn stream_response<D: Dialect>(
     mut log: RequestLog,
     permit: OwnedSemaphorePermit,
     closing: Closing,
+    ticket: Option<Ticket>,
 ) -> Response {
     // Time to first token is measured to the first chunk's arrival, not to when the body
     // is first polled.
@@ -270,6 +335,7 @@ fn stream_response<D: Dialect>(
     let st = SseState::<D> {
         first: open.first,
         closing,
+        ticket,
         rest: open.rest,
         enc,
         log,
@@ -297,6 +363,8 @@ struct SseState<D: Dialect> {
     first: Option<StreamChunk>,
     rest: EventStream,
     closing: Closing,
+    /// Rate limits to settle with the stream's real usage when it ends.
+    ticket: Option<Ticket>,
     enc: D::Stream,
     log: RequestLog,
     _permit: OwnedSemaphorePermit,
@@ -350,6 +418,9 @@ fn sse_body<D: Dialect>(
                 }
                 None => {
                     st.finished = true;
+                    if let Some(t) = st.ticket.take() {
+                        t.finish(st.log.stats.usage.map(|u| u.total_tokens));
+                    }
                     let latency = st.log.started.elapsed();
                     let summary = StreamSummary {
                         latency,

@@ -189,6 +189,82 @@ impl Default for ServerSettings {
 pub struct AuthSettings {
     /// The master key (the predecessor's internal key, LiteLLM's `master_key`).
     pub master_key: Option<Secret>,
+    /// Per-user keys with their own models and limits.
+    pub keys: Vec<VirtualKeySettings>,
+}
+
+/// Requests, tokens and concurrency allowed to one client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimits {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub max_parallel_requests: Option<u32>,
+}
+
+impl RateLimits {
+    pub fn is_empty(&self) -> bool {
+        self.rpm.is_none() && self.tpm.is_none() && self.max_parallel_requests.is_none()
+    }
+}
+
+/// A virtual key. Only its SHA-256 is kept.
+#[derive(Clone)]
+pub struct VirtualKeySettings {
+    pub name: String,
+    pub key_sha256: [u8; 32],
+    /// Glob patterns (`*`, `?`) of the model names it may use; empty = all.
+    pub models: Vec<String>,
+    pub limits: RateLimits,
+    /// Spend cap, enforced once the usage ledger exists.
+    pub max_budget_usd: Option<f64>,
+    /// Free-form (team, owner, …), shown in logs by name only.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl std::fmt::Debug for VirtualKeySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtualKeySettings")
+            .field("name", &self.name)
+            .field("key_sha256", &"***")
+            .field("models", &self.models)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// What to do when the shared (Redis) limit store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnRedisError {
+    /// Keep serving with this replica's own limits.
+    #[default]
+    Allow,
+    /// Refuse limited requests with 503 until Redis is back.
+    Deny,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitsSettings {
+    /// Limits per client address, for requests without a per-user key.
+    pub per_ip: RateLimits,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDRs); others' is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Shared limit store for several replicas (the URL may hold a password).
+    pub redis_url: Option<Secret>,
+    pub on_redis_error: OnRedisError,
+    /// One round trip to Redis at most this long before the error policy applies.
+    pub redis_timeout: Duration,
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        Self {
+            per_ip: RateLimits::default(),
+            trusted_proxies: Vec::new(),
+            redis_url: None,
+            on_redis_error: OnRedisError::Allow,
+            redis_timeout: Duration::from_millis(100),
+        }
+    }
 }
 
 /// How the router picks among a model's deployments.
@@ -351,6 +427,7 @@ impl ModelSettings {
 pub struct Settings {
     pub server: ServerSettings,
     pub auth: AuthSettings,
+    pub limits: LimitsSettings,
     pub log_level: String,
     pub default_provider: Option<String>,
     pub default_model: Option<String>,
@@ -368,6 +445,7 @@ impl Default for Settings {
         Self {
             server: ServerSettings::default(),
             auth: AuthSettings::default(),
+            limits: LimitsSettings::default(),
             log_level: "info".into(),
             default_provider: None,
             default_model: None,
@@ -493,6 +571,27 @@ impl Settings {
                         message: format!("model `{t}` is not configured"),
                     });
                 }
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut hashes = std::collections::HashSet::new();
+        for (i, k) in self.auth.keys.iter().enumerate() {
+            if !names.insert(&k.name) {
+                return Err(ConfigError::Invalid {
+                    key: format!("auth.keys[{i}].name"),
+                    message: format!("`{}` is used twice", k.name),
+                });
+            }
+            let same_as_master = self
+                .auth
+                .master_key
+                .as_ref()
+                .is_some_and(|m| crate::secret::sha256(m.expose().as_bytes()) == k.key_sha256);
+            if !hashes.insert(k.key_sha256) || same_as_master {
+                return Err(ConfigError::Invalid {
+                    key: format!("auth.keys[{i}]"),
+                    message: "the same key is given twice (or equals the master key)".into(),
+                });
             }
         }
         if self.server.max_request_bytes == 0 {

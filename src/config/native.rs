@@ -9,8 +9,8 @@ use serde_yaml_ng::Value;
 
 use super::interpolate::interpolate;
 use super::{
-    ConfigError, ConfigFormat, EnvSource, ModelSettings, ModelTimeouts, ProviderKind,
-    ProviderSettings, Settings, Strategy, from_value, secret_from,
+    ConfigError, ConfigFormat, EnvSource, ModelSettings, ModelTimeouts, OnRedisError, ProviderKind,
+    ProviderSettings, RateLimits, Settings, Strategy, VirtualKeySettings, from_value, secret_from,
 };
 use crate::providers::mock::{Fault, MockSettings};
 use crate::secret::Secret;
@@ -35,6 +35,8 @@ struct File {
     models: Vec<Model>,
     #[serde(default)]
     routing: Routing,
+    #[serde(default)]
+    limits: Limits,
 }
 
 #[derive(Deserialize, Default)]
@@ -55,6 +57,45 @@ struct Server {
 #[serde(deny_unknown_fields)]
 struct Auth {
     master_key: Option<String>,
+    #[serde(default)]
+    keys: Vec<Key>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Key {
+    name: String,
+    key: Option<String>,
+    key_sha256: Option<String>,
+    #[serde(default)]
+    models: Vec<String>,
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+    max_parallel_requests: Option<u32>,
+    max_budget_usd: Option<f64>,
+    #[serde(default)]
+    metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Limits {
+    #[serde(default)]
+    per_ip: Option<Rates>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    redis_url: Option<String>,
+    on_redis_error: Option<String>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    redis_timeout: Option<Duration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Rates {
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+    max_parallel_requests: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -168,6 +209,43 @@ pub(super) fn load(
         s.server.shutdown_grace = t;
     }
     s.auth.master_key = secret_from(f.auth.master_key);
+    for (i, k) in f.auth.keys.into_iter().enumerate() {
+        s.auth.keys.push(virtual_key(i, k)?);
+    }
+    let l = f.limits;
+    if let Some(r) = l.per_ip {
+        s.limits.per_ip = RateLimits {
+            rpm: r.rpm,
+            tpm: r.tpm,
+            max_parallel_requests: r.max_parallel_requests,
+        };
+    }
+    for (i, cidr) in l.trusted_proxies.iter().enumerate() {
+        let net = cidr
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| ConfigError::Invalid {
+                key: format!("limits.trusted_proxies[{i}]"),
+                message: format!("`{cidr}` is not an address or CIDR"),
+            })?;
+        s.limits.trusted_proxies.push(net);
+    }
+    s.limits.redis_url = secret_from(l.redis_url);
+    if let Some(mode) = l.on_redis_error {
+        s.limits.on_redis_error = match mode.as_str() {
+            "allow" => OnRedisError::Allow,
+            "deny" => OnRedisError::Deny,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "limits.on_redis_error".into(),
+                    message: format!("`{other}`: write allow or deny"),
+                });
+            }
+        };
+    }
+    if let Some(t) = l.redis_timeout {
+        s.limits.redis_timeout = t;
+    }
     if let Some(l) = f.log_level {
         s.log_level = l;
     }
@@ -266,6 +344,49 @@ pub(super) fn load(
         s.routing.retry_backoff = t;
     }
     Ok(s)
+}
+
+fn virtual_key(i: usize, k: Key) -> Result<VirtualKeySettings, ConfigError> {
+    let at = |field: &str| format!("auth.keys[{i}].{field}");
+    let hash = match (k.key, k.key_sha256) {
+        (Some(key), None) if !key.trim().is_empty() => crate::secret::sha256(key.trim().as_bytes()),
+        (Some(_), None) => {
+            return Err(ConfigError::Invalid {
+                key: at("key"),
+                message: "is empty (is its environment variable set?)".into(),
+            });
+        }
+        (None, Some(hex)) => {
+            crate::secret::parse_sha256_hex(&hex).ok_or_else(|| ConfigError::Invalid {
+                key: at("key_sha256"),
+                message: "must be 64 hex digits (the SHA-256 of the key)".into(),
+            })?
+        }
+        _ => {
+            return Err(ConfigError::Invalid {
+                key: format!("auth.keys[{i}]"),
+                message: "give exactly one of `key` and `key_sha256`".into(),
+            });
+        }
+    };
+    if k.name.trim().is_empty() {
+        return Err(ConfigError::Invalid {
+            key: at("name"),
+            message: "must not be empty".into(),
+        });
+    }
+    Ok(VirtualKeySettings {
+        name: k.name,
+        key_sha256: hash,
+        models: k.models,
+        limits: RateLimits {
+            rpm: k.rpm,
+            tpm: k.tpm,
+            max_parallel_requests: k.max_parallel_requests,
+        },
+        max_budget_usd: k.max_budget_usd,
+        metadata: k.metadata,
+    })
 }
 
 /// `{model: [fallback, …]}` in file order; a single name may stand for a one-item list.

@@ -1,0 +1,277 @@
+//! Admission: per virtual key (requests, tokens, concurrency) and per client address for
+//! requests without one. In-process by default; with `limits.redis_url`, one atomic Lua
+//! script per admission in Redis, so every replica enforces the same limit. Token limits
+//! reserve an estimate before the request and settle the real usage after it.
+
+mod gcra;
+mod local;
+mod redis_store;
+
+pub use gcra::Quota;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{LimitsSettings, OnRedisError, RateLimits};
+use crate::error::{ErrorCode, ProxyError};
+use crate::keys::Principal;
+use local::LocalStore;
+use redis_store::RedisStore;
+
+/// Where a request's limits stand, for the `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RateStatus {
+    pub requests: Option<Quota>,
+    pub tokens: Option<Quota>,
+}
+
+impl RateStatus {
+    /// OpenAI's headers: `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`.
+    pub fn headers(&self, h: &mut http::HeaderMap) {
+        for (kind, q) in [("requests", self.requests), ("tokens", self.tokens)] {
+            let Some(q) = q else { continue };
+            let mut put = |name: String, value: String| {
+                if let (Ok(n), Ok(v)) = (
+                    http::HeaderName::try_from(name),
+                    http::HeaderValue::try_from(value),
+                ) {
+                    h.insert(n, v);
+                }
+            };
+            put(format!("x-ratelimit-limit-{kind}"), q.limit.to_string());
+            put(
+                format!("x-ratelimit-remaining-{kind}"),
+                q.remaining.to_string(),
+            );
+            put(
+                format!("x-ratelimit-reset-{kind}"),
+                format!("{}s", (q.reset_s * 1000.0).ceil() / 1000.0),
+            );
+        }
+    }
+}
+
+/// Which limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exceeded {
+    Requests,
+    Tokens,
+    Parallel,
+}
+
+impl Exceeded {
+    fn as_str(self) -> &'static str {
+        match self {
+            Exceeded::Requests => "requests per minute",
+            Exceeded::Tokens => "tokens per minute",
+            Exceeded::Parallel => "parallel requests",
+        }
+    }
+}
+
+/// A refusal from a store: which limit, and when to try again.
+#[derive(Debug, Clone, Copy)]
+pub struct Refusal {
+    pub exceeded: Exceeded,
+    pub retry_after: Duration,
+    pub status: RateStatus,
+}
+
+/// The store's answer to one admission.
+pub type Decision = Result<RateStatus, Refusal>;
+
+/// What is limited for one request: its scope (`key:<name>` or `ip:<addr>`) and limits.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub id: String,
+    /// How the scope is named in a refusal: `key team-a`, `address 10.0.0.7`.
+    pub label: String,
+    pub limits: RateLimits,
+}
+
+/// Limits settled when a request ends: tokens charged (or refunded) against the reserve
+/// and its parallel slot released. Dropping it unsettled releases the slot and keeps the
+/// reserve as the charge (a request cut short used at most that much).
+pub struct Ticket {
+    limiter: Arc<Limiter>,
+    scope: Scope,
+    reserved: u64,
+    request_id: String,
+    /// Admitted by Redis (so settled there), or by this replica.
+    shared: bool,
+    pub status: RateStatus,
+    done: bool,
+}
+
+impl Ticket {
+    /// Settles with the real token usage.
+    pub fn finish(mut self, tokens: Option<u64>) {
+        self.done = true;
+        let delta = tokens.map_or(0, |t| t as i64 - self.reserved as i64);
+        self.limiter
+            .settle(self.shared, &self.scope, delta, &self.request_id);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.done {
+            self.limiter
+                .settle(self.shared, &self.scope, 0, &self.request_id);
+        }
+    }
+}
+
+pub struct Limiter {
+    local: LocalStore,
+    redis: Option<RedisStore>,
+    on_redis_error: OnRedisError,
+    per_ip: RateLimits,
+    trusted: Vec<ipnet::IpNet>,
+}
+
+impl Limiter {
+    /// Connects lazily to Redis (the first admission does), so a Redis that is down at
+    /// start does not stop the proxy from starting.
+    pub fn new(settings: &LimitsSettings) -> Result<Self, String> {
+        let redis = match &settings.redis_url {
+            Some(url) => Some(RedisStore::new(url, settings.redis_timeout)?),
+            None => None,
+        };
+        Ok(Self {
+            local: LocalStore::default(),
+            redis,
+            on_redis_error: settings.on_redis_error,
+            per_ip: settings.per_ip,
+            trusted: settings.trusted_proxies.clone(),
+        })
+    }
+
+    pub fn shared(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// The client's address: the peer, or — when the peer is a trusted proxy — the
+    /// right-most address in `X-Forwarded-For` that is not itself a trusted proxy.
+    pub fn client_ip(&self, peer: Option<SocketAddr>, headers: &http::HeaderMap) -> Option<IpAddr> {
+        let peer = peer?.ip();
+        if !self.trusted.iter().any(|n| n.contains(&peer)) {
+            return Some(peer);
+        }
+        let chain: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        Some(
+            chain
+                .into_iter()
+                .rev()
+                .find(|ip| !self.trusted.iter().any(|n| n.contains(ip)))
+                .unwrap_or(peer),
+        )
+    }
+
+    /// The scope a request is limited in, if any: its virtual key's limits, or its
+    /// address's for the master key and anonymous clients.
+    pub fn scope(&self, who: &Principal, ip: Option<IpAddr>) -> Option<Scope> {
+        match who {
+            Principal::Key(k) if !k.limits.is_empty() => Some(Scope {
+                id: format!("key:{}", k.name),
+                label: format!("key {}", k.name),
+                limits: k.limits,
+            }),
+            Principal::Key(_) => None,
+            Principal::Master | Principal::Anonymous => {
+                let ip = ip?;
+                (!self.per_ip.is_empty()).then(|| Scope {
+                    id: format!("ip:{ip}"),
+                    label: format!("address {ip}"),
+                    limits: self.per_ip,
+                })
+            }
+        }
+    }
+
+    /// Admits one request reserving `tokens` (an estimate of its prompt), or refuses it
+    /// with 429 `RATE_LIMIT` naming the limit, with `retry-after` and the headers.
+    pub async fn admit(
+        self: &Arc<Self>,
+        scope: Scope,
+        tokens: u64,
+        request_id: &str,
+    ) -> Result<Ticket, (ProxyError, RateStatus)> {
+        let mut shared = false;
+        let decision = match &self.redis {
+            Some(r) => match r.admit(&scope, tokens, request_id).await {
+                Ok(d) => {
+                    shared = true;
+                    d
+                }
+                Err(e) => {
+                    r.note_failure(&e);
+                    match self.on_redis_error {
+                        OnRedisError::Allow => self.local.admit(&scope, tokens, request_id),
+                        OnRedisError::Deny => {
+                            let err = ProxyError::new(
+                                ErrorCode::Unavailable,
+                                "the shared rate-limit store is unreachable; retry shortly",
+                            )
+                            .with_retry_after(Duration::from_secs(1));
+                            return Err((err, RateStatus::default()));
+                        }
+                    }
+                }
+            },
+            None => self.local.admit(&scope, tokens, request_id),
+        };
+        match decision {
+            Ok(status) => Ok(Ticket {
+                limiter: self.clone(),
+                scope,
+                reserved: tokens,
+                request_id: request_id.to_owned(),
+                shared,
+                status,
+                done: false,
+            }),
+            Err(refusal) => {
+                let wait = refusal.retry_after;
+                let message = if wait.as_secs() > 3600 {
+                    format!(
+                        "rate limit: this request needs more {} than {} may ever use",
+                        refusal.exceeded.as_str(),
+                        scope.label
+                    )
+                } else {
+                    format!(
+                        "rate limit of {} reached for {}; retry in {:.1}s",
+                        refusal.exceeded.as_str(),
+                        scope.label,
+                        wait.as_secs_f64()
+                    )
+                };
+                let err = ProxyError::new(ErrorCode::RateLimit, message)
+                    .with_retry_after(wait.min(Duration::from_secs(3600)));
+                Err((err, refusal.status))
+            }
+        }
+    }
+
+    fn settle(&self, shared: bool, scope: &Scope, token_delta: i64, request_id: &str) {
+        match &self.redis {
+            Some(r) if shared => r.settle(scope.clone(), token_delta, request_id.to_owned()),
+            _ => self.local.settle(scope, token_delta, request_id),
+        }
+    }
+}
+
+/// A rough prompt size in tokens (about four characters each), reserved before the reply
+/// and settled against the real count after it.
+pub fn estimate_tokens(req: &crate::types::ChatRequest) -> u64 {
+    let chars: usize = req.messages.iter().map(|m| m.text().len()).sum();
+    (chars as u64).div_ceil(4).max(1)
+}

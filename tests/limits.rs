@@ -301,3 +301,46 @@ fn bad_key_configs_name_the_key() {
     }
     let _ = json!({});
 }
+
+#[tokio::test]
+async fn deployment_limits_are_soft_the_router_waits_briefly_then_refuses() {
+    let px = proxy(
+        "providers: { mock: { kind: mock } }\n\
+         models:\n  - { name: d, provider: mock, model: mock-small, rpm: 2 }\n  \
+         - { name: p, provider: mock, model: p-n5-d100, max_parallel_requests: 1 }\n",
+    )
+    .await;
+    let url = px.url();
+    let post = |model: &'static str, stream: bool| {
+        let url = url.clone();
+        async move {
+            client()
+                .post(format!("{url}/v1/chat/completions"))
+                .json(&chat_body(model, stream))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(post("d", false).await.status(), 200);
+    assert_eq!(post("d", false).await.status(), 200);
+    let t = std::time::Instant::now();
+    let resp = post("d", false).await;
+    assert_eq!(resp.status(), 429);
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(900),
+        "it waited first"
+    );
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at its rpm")
+    );
+    // A deployment at its parallel limit: the next request waits for the slot.
+    let stream = post("p", true).await;
+    let waiting = tokio::spawn(post("p", false));
+    let _ = stream.text().await.unwrap();
+    assert_eq!(waiting.await.unwrap().status(), 200);
+}

@@ -91,6 +91,18 @@ pub struct Router {
 
 /// The cap on exponential backoff between retries on one deployment.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a request waits for a deployment at its limits before moving on.
+const LIMIT_WAIT: Duration = Duration::from_secs(1);
+const LIMIT_POLL: Duration = Duration::from_millis(25);
+
+/// Whether a deployment is at its own limits: parallel requests in flight, or requests or
+/// tokens over the last minute.
+fn at_limits(d: &Deployment) -> bool {
+    d.limits
+        .max_parallel
+        .is_some_and(|m| d.state.in_flight() >= m)
+        || ((d.limits.rpm.is_some() || d.limits.tpm.is_some()) && d.state.load(&d.limits) >= 1.0)
+}
 
 impl Router {
     pub fn new(settings: &Settings) -> Result<Self, BuildError> {
@@ -387,6 +399,7 @@ impl Router {
         let mut fallbacks_added = false;
         let mut last_err: Option<UpstreamError> = None;
         let mut soonest: Option<Duration> = None;
+        let mut saw_full = false;
         while next_group < groups.len() {
             let group = groups[next_group].clone();
             next_group += 1;
@@ -402,8 +415,19 @@ impl Router {
                 if now >= deadline {
                     return Err(deadline_error(last_err, self.routing.timeout));
                 }
-                let Some((i, probe)) = self.choose(deployments, &tried, &mut soonest) else {
-                    break; // everything here is cooling down or full
+                let mut full = false;
+                let mut chosen = self.choose(deployments, &tried, &mut soonest, &mut full);
+                // Deployments at their limits are a soft limit: wait briefly for a slot
+                // before going on to fallbacks (or refusing).
+                let wait_until = (now + LIMIT_WAIT).min(deadline);
+                while chosen.is_none() && full && Instant::now() < wait_until {
+                    tokio::time::sleep(LIMIT_POLL).await;
+                    full = false;
+                    chosen = self.choose(deployments, &tried, &mut soonest, &mut full);
+                }
+                saw_full |= full;
+                let Some((i, probe)) = chosen else {
+                    break; // everything here is cooling down or at its limits
                 };
                 let dep = &deployments[i];
                 attempts += 1;
@@ -487,6 +511,15 @@ impl Router {
         }
         match last_err {
             Some(e) => Err(e.into_proxy_error()),
+            None if saw_full => Err(ProxyError::new(
+                ErrorCode::RateLimit,
+                format!(
+                    "every deployment of `{}` is at its rpm, tpm or parallel-request limit; \
+                     retry shortly",
+                    route.model
+                ),
+            )
+            .with_retry_after(Duration::from_secs(1))),
             None => Err(ProxyError::new(
                 ErrorCode::Unavailable,
                 format!(
@@ -500,13 +533,15 @@ impl Router {
     }
 
     /// The deployment for the next attempt, and whether it goes as a cooldown probe:
-    /// eligible ones (not cooling, under `max_parallel_requests`), preferring those not
-    /// tried yet, picked by the strategy. Notes the soonest end of a cooldown.
+    /// eligible ones (not cooling, under their `max_parallel_requests`, `rpm` and `tpm`),
+    /// preferring those not tried yet, picked by the strategy. Notes the soonest end of a
+    /// cooldown, and whether a deployment was passed over only for being at its limits.
     fn choose(
         &self,
         deployments: &[Deployment],
         tried: &[usize],
         soonest: &mut Option<Duration>,
+        saw_full: &mut bool,
     ) -> Option<(usize, bool)> {
         let mut excluded: Vec<usize> = Vec::new();
         loop {
@@ -514,16 +549,16 @@ impl Router {
                 .filter(|i| !excluded.contains(i))
                 .filter(|i| {
                     let d = &deployments[*i];
-                    let full = d
-                        .limits
-                        .max_parallel
-                        .is_some_and(|m| d.state.in_flight() >= m);
                     match d.state.admit(false) {
                         Admission::Cooling(left) => {
                             *soonest = Some(soonest.map_or(left, |s| s.min(left)));
                             false
                         }
-                        _ => !full,
+                        _ if at_limits(d) => {
+                            *saw_full = true;
+                            false
+                        }
+                        _ => true,
                     }
                 })
                 .collect();
@@ -557,9 +592,7 @@ impl Router {
             let d = &deployments[i];
             !tried.contains(&i)
                 && !matches!(d.state.admit(false), Admission::Cooling(_))
-                && d.limits
-                    .max_parallel
-                    .is_none_or(|m| d.state.in_flight() < m)
+                && !at_limits(d)
         })
     }
 

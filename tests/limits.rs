@@ -344,3 +344,38 @@ async fn deployment_limits_are_soft_the_router_waits_briefly_then_refuses() {
     let _ = stream.text().await.unwrap();
     assert_eq!(waiting.await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn listings_show_a_key_only_its_models() {
+    let px = proxy(&limited(
+        &format!("    - {{ name: team-a, key: {TEAM_A}, models: [\"mock-*\"] }}"),
+        "{}",
+    ))
+    .await;
+    let list = |key: &'static str, path: &'static str| {
+        let url = px.url();
+        async move {
+            client()
+                .get(format!("{url}{path}"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let v = list(TEAM_A, "/v1/models").await;
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["mock-small"]);
+    let v = list(TEAM_A, "/llm/models").await;
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let v = list(MASTER, "/v1/models").await;
+    assert_eq!(v["data"].as_array().unwrap().len(), 3);
+}

@@ -125,6 +125,17 @@ pub struct Caller {
     pub peer: Option<std::net::SocketAddr>,
 }
 
+impl Caller {
+    /// Whether the caller may use `model` (a virtual key only its `models`); listings show
+    /// each caller what it may use.
+    pub fn may_use(&self, model: &str) -> bool {
+        match &self.principal {
+            Principal::Key(k) => k.allows(model),
+            _ => true,
+        }
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = std::convert::Infallible;
 

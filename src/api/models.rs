@@ -4,7 +4,7 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::json;
 
-use super::AppStateRef;
+use super::{AppStateRef, Caller};
 
 #[derive(Serialize)]
 struct OpenAiModel<'a> {
@@ -18,8 +18,9 @@ struct OpenAiModel<'a> {
     responses((status = 200, description = "OpenAI's list shape: `{\"object\":\"list\",\"data\":[{\"id\",\"owned_by\",…}]}`", body = Object)))]
 /// `GET /v1/models`, in OpenAI's list shape: configured models, then the ones providers
 /// with `discover_models` reported.
-pub async fn openai_models(state: AppStateRef) -> Json<serde_json::Value> {
+pub async fn openai_models(state: AppStateRef, caller: Caller) -> Json<serde_json::Value> {
     let discovered = state.router.discovered_models();
+    let visible = |id: &str| caller.may_use(id);
     let mut data: Vec<OpenAiModel<'_>> = state
         .router
         .models()
@@ -39,6 +40,7 @@ pub async fn openai_models(state: AppStateRef) -> Json<serde_json::Value> {
         created: 0,
         owned_by: provider,
     }));
+    data.retain(|m| visible(m.id));
     Json(json!({ "object": "list", "data": data }))
 }
 
@@ -53,7 +55,7 @@ struct LlmModel<'a> {
 #[utoipa::path(get, path = "/llm/models", tag = "meta",
     responses((status = 200, description = "Configured models, then discovered ones", body = Vec<super::openapi::LlmModel>)))]
 /// `GET /llm/models` and `/v1/llm/models`, in the spec's shape.
-pub async fn llm_models(state: AppStateRef) -> Json<serde_json::Value> {
+pub async fn llm_models(state: AppStateRef, caller: Caller) -> Json<serde_json::Value> {
     let discovered = state.router.discovered_models();
     let mut data: Vec<LlmModel<'_>> = state
         .router
@@ -72,6 +74,7 @@ pub async fn llm_models(state: AppStateRef) -> Json<serde_json::Value> {
         provider,
         max_tokens: None,
     }));
+    data.retain(|m| caller.may_use(m.id));
     Json(serde_json::to_value(data).unwrap_or_default())
 }
 

@@ -159,6 +159,7 @@ mod tests {
                 models: vec!["mock-*".into()],
                 limits: RateLimits::default(),
                 max_budget_usd: None,
+                budget_period: None,
                 metadata: Default::default(),
             }],
         };

@@ -215,8 +215,9 @@ pub struct VirtualKeySettings {
     /// Glob patterns (`*`, `?`) of the model names it may use; empty = all.
     pub models: Vec<String>,
     pub limits: RateLimits,
-    /// Spend cap, enforced once the usage ledger exists.
+    /// Spend cap per `budget_period` (e.g. `30d`), enforced once the usage ledger exists.
     pub max_budget_usd: Option<f64>,
+    pub budget_period: Option<Duration>,
     /// Free-form (team, owner, …), shown in logs by name only.
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }

@@ -73,6 +73,8 @@ struct Key {
     tpm: Option<u64>,
     max_parallel_requests: Option<u32>,
     max_budget_usd: Option<f64>,
+    #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
+    budget_period: Option<Duration>,
     #[serde(default)]
     metadata: serde_json::Map<String, serde_json::Value>,
 }
@@ -385,6 +387,7 @@ fn virtual_key(i: usize, k: Key) -> Result<VirtualKeySettings, ConfigError> {
             max_parallel_requests: k.max_parallel_requests,
         },
         max_budget_usd: k.max_budget_usd,
+        budget_period: k.budget_period,
         metadata: k.metadata,
     })
 }

@@ -15,6 +15,7 @@ use crate::config::Settings;
 use crate::limits::Limiter;
 use crate::router::{BuildError, Router};
 use crate::shutdown::{self, Trigger};
+use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -65,11 +66,14 @@ pub struct App {
 }
 
 pub fn build_app(settings: &Settings) -> Result<App, StartError> {
-    let router = Router::new(settings)?;
+    let metrics = Arc::new(Metrics::new());
+    let router = Router::new(settings)?.with_metrics(metrics.clone());
     let limiter = Arc::new(Limiter::new(&settings.limits).map_err(StartError::Limits)?);
     let (trigger, closing) = shutdown::channel();
     Ok(App {
-        router: app(Arc::new(AppState::new(settings, router, limiter, closing))),
+        router: app(Arc::new(AppState::new(
+            settings, router, limiter, metrics, closing,
+        ))),
         closing: trigger,
         grace: settings.server.shutdown_grace,
     })

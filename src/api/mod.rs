@@ -32,12 +32,14 @@ use crate::keys::{KeyRing, Principal};
 use crate::limits::Limiter;
 use crate::router::Router;
 use crate::shutdown::Closing;
+use crate::telemetry::Metrics;
 
 /// Everything a handler needs, built once at start and shared.
 pub struct AppState {
     pub router: Router,
     pub keys: KeyRing,
     pub limiter: Arc<Limiter>,
+    pub metrics: Arc<Metrics>,
     pub default_model: Option<String>,
     pub max_request_bytes: usize,
     pub concurrency: Arc<Semaphore>,
@@ -91,6 +93,7 @@ impl AppState {
         settings: &Settings,
         router: Router,
         limiter: Arc<Limiter>,
+        metrics: Arc<Metrics>,
         closing: Closing,
     ) -> Self {
         Self {
@@ -105,6 +108,7 @@ impl AppState {
             router,
             keys: KeyRing::new(&settings.auth),
             limiter,
+            metrics,
             default_model: settings.default_model.clone(),
             max_request_bytes: settings.server.max_request_bytes,
             concurrency: Arc::new(Semaphore::new(
@@ -250,6 +254,7 @@ pub fn app(state: Arc<AppState>) -> HttpRouter {
         .route("/llm/stream", post(llm::stream))
         .route("/v1/llm/stream", post(llm::stream))
         .route("/llm/completions", post(llm::completions))
+        .route("/metrics", get(models::metrics))
         .route("/v1/llm/completions", post(llm::completions))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -78,6 +78,38 @@ pub async fn llm_models(state: AppStateRef, caller: Caller) -> Json<serde_json::
     Json(serde_json::to_value(data).unwrap_or_default())
 }
 
+/// `GET /metrics`: Prometheus text. Behind the master key when one is configured (a
+/// scraper sends it as a bearer token); virtual keys are refused, so teams do not see
+/// each other's traffic.
+pub async fn metrics(
+    state: AppStateRef,
+    caller: Caller,
+    ctx: super::RequestCtx,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if matches!(caller.principal, crate::keys::Principal::Key(_)) {
+        let e = crate::error::ProxyError::new(
+            crate::error::ErrorCode::Forbidden,
+            "metrics are for the master key",
+        );
+        return super::ApiError::new(e, &ctx).into_response();
+    }
+    let deployments: Vec<(String, &'static str)> = state
+        .router
+        .health()
+        .into_iter()
+        .map(|d| (d.deployment, d.state))
+        .collect();
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(&deployments),
+    )
+        .into_response()
+}
+
 #[utoipa::path(get, path = "/health", tag = "meta", security(()),
     responses((status = 200, description = "`{status, version, providers, models}`", body = Object)))]
 /// `GET /health`: no auth, so load balancers can probe it.

@@ -18,6 +18,7 @@ use crate::limits::{RateStatus, Ticket, estimate_tokens};
 use crate::providers::EventStream;
 use crate::router::{OpenStream, Outcome};
 use crate::shutdown::Closing;
+use crate::telemetry::Metrics;
 use crate::telemetry::RequestLog;
 use crate::types::{ChatEvent, ChatRequest, ChatResponse, StreamChunk};
 
@@ -169,7 +170,8 @@ pub(crate) async fn serve<D: Dialect>(
     raw: Body,
 ) -> Response {
     let state = state.0;
-    let mut log = RequestLog::new(ctx.id.clone(), D::ENDPOINT, ctx.started);
+    let mut log = RequestLog::new(ctx.id.clone(), D::ENDPOINT, ctx.started)
+        .with_metrics(state.metrics.clone());
     let bytes = match body::read(&headers, raw, state.max_request_bytes).await {
         Ok(b) => b,
         Err(e) => return fail::<D>(log, e, &ctx),
@@ -196,21 +198,29 @@ pub(crate) async fn serve<D: Dialect>(
     let ip = state.limiter.client_ip(caller.peer, &headers);
     let mut rate = RateStatus::default();
     let ticket = match state.limiter.scope(&caller.principal, ip) {
-        Some(scope) => match state
-            .limiter
-            .admit(scope, estimate_tokens(&req), &ctx.id)
-            .await
-        {
-            Ok(t) => {
-                rate = t.status;
-                Some(t)
+        Some(scope) => {
+            let kind = if scope.id.starts_with("key:") {
+                "key"
+            } else {
+                "ip"
+            };
+            match state
+                .limiter
+                .admit(scope, estimate_tokens(&req), &ctx.id)
+                .await
+            {
+                Ok(t) => {
+                    rate = t.status;
+                    Some(t)
+                }
+                Err((e, status)) => {
+                    log.limited_by = Some(kind);
+                    let mut resp = fail::<D>(log, e, &ctx);
+                    status.headers(resp.headers_mut());
+                    return resp;
+                }
             }
-            Err((e, status)) => {
-                let mut resp = fail::<D>(log, e, &ctx);
-                status.headers(resp.headers_mut());
-                return resp;
-            }
-        },
+        }
         None => None,
     };
     let permit = match admit(&state).await {
@@ -226,6 +236,7 @@ pub(crate) async fn serve<D: Dialect>(
         log.outcome = outcome;
         match opened {
             Ok(open) => {
+                log.stream_opened();
                 let mut resp = stream_response::<D>(
                     &req,
                     opts,
@@ -234,6 +245,7 @@ pub(crate) async fn serve<D: Dialect>(
                     permit,
                     state.closing.clone(),
                     ticket,
+                    &state.metrics,
                 );
                 rate.headers(resp.headers_mut());
                 resp
@@ -279,6 +291,9 @@ pub(crate) async fn serve<D: Dialect>(
                     body,
                 )
                     .into_response();
+                if let Some(v) = overhead(&log, &state.metrics) {
+                    out.headers_mut().insert(OVERHEAD_HEADER, v);
+                }
                 routing_headers(out.headers_mut(), &req.model, &log.outcome);
                 rate.headers(out.headers_mut());
                 out.extensions_mut().insert(Logged);
@@ -291,6 +306,18 @@ pub(crate) async fn serve<D: Dialect>(
             }
         }
     }
+}
+
+const OVERHEAD_HEADER: &str = "x-llm-proxy-overhead-ms";
+
+/// The proxy's own time so far: the request's time minus the time spent waiting on
+/// upstreams (to the reply, or to a stream's first chunk). Recorded as a metric and
+/// returned as the `x-llm-proxy-overhead-ms` header value.
+fn overhead(log: &RequestLog, metrics: &Metrics) -> Option<HeaderValue> {
+    let dep = log.outcome.deployment.as_ref()?;
+    let overhead = log.started.elapsed().saturating_sub(log.outcome.upstream);
+    metrics.overhead(&dep.model, &dep.provider.name, overhead);
+    HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0)).ok()
 }
 
 fn shutting_down() -> ProxyError {
@@ -309,7 +336,9 @@ fn stream_response<D: Dialect>(
     permit: OwnedSemaphorePermit,
     closing: Closing,
     ticket: Option<Ticket>,
+    metrics: &Metrics,
 ) -> Response {
+    let overhead_ms = overhead(&log, metrics);
     // Time to first token is measured to the first chunk's arrival, not to when the body
     // is first polled.
     if open
@@ -352,6 +381,9 @@ fn stream_response<D: Dialect>(
     )
         .into_response();
     resp.headers_mut().extend(headers);
+    if let Some(v) = overhead_ms {
+        resp.headers_mut().insert(OVERHEAD_HEADER, v);
+    }
     // Tell nginx-style front proxies not to buffer the stream.
     resp.headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));

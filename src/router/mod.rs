@@ -32,6 +32,7 @@ use crate::error::{ErrorCode, ProxyError};
 use crate::providers::build::{BuildError as ProviderBuildError, build};
 use crate::providers::http::{ClientBuildError, ClientSettings, build_client};
 use crate::providers::{Blame, ChatProvider, EventStream, Provider, TimeoutKind, UpstreamError};
+use crate::telemetry::Metrics;
 use crate::types::{ChatEvent, ChatRequest, ChatResponse, StreamChunk};
 use breaker::{Admission, BreakerPolicy};
 use deployment::{DeploymentState, InFlight};
@@ -60,6 +61,9 @@ pub struct Resolved {
 pub struct Outcome {
     pub deployment: Option<Deployment>,
     pub attempts: u32,
+    /// Time spent waiting on upstreams (every attempt, to its reply or first chunk): the
+    /// rest of a request's time is the proxy's own overhead.
+    pub upstream: Duration,
 }
 
 /// An opened stream whose first chunk already arrived.
@@ -87,6 +91,7 @@ pub struct Router {
     discovered: Arc<Discovered>,
     routing: RoutingSettings,
     policy: BreakerPolicy,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The cap on exponential backoff between retries on one deployment.
@@ -199,7 +204,14 @@ impl Router {
             discovered,
             routing: r.clone(),
             policy,
+            metrics: None,
         })
+    }
+
+    /// Counts retries, fallbacks and upstream errors in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn providers(&self) -> &[Arc<ProviderEntry>] {
@@ -406,6 +418,9 @@ impl Router {
             let deployments: &[Deployment] = &group.deployments;
             if next_group > 1 {
                 tracing::warn!(from = %route.model, to = %group.model, "falling back to another model");
+                if let Some(m) = &self.metrics {
+                    m.fallback(&route.model, &group.model);
+                }
             }
             let mut tried: Vec<usize> = Vec::new();
             let mut attempts = 0;
@@ -440,13 +455,19 @@ impl Router {
                     dep.timeouts.total
                 }
                 .min(deadline.saturating_duration_since(now));
-                let err = match attempt(dep.clone(), limit).await {
+                let called = Instant::now();
+                let result = attempt(dep.clone(), limit).await;
+                outcome.upstream += called.elapsed();
+                let err = match result {
                     Ok(v) => {
                         dep.state.on_success();
                         return Ok((v, guard));
                     }
                     Err(e) => e,
                 };
+                if let Some(m) = &self.metrics {
+                    m.upstream_error(&dep.id, err.class());
+                }
                 drop(guard);
                 let blame = err.blame();
                 if !tried.contains(&i) {
@@ -475,6 +496,9 @@ impl Router {
                         }
                         let more = attempts < per_model;
                         log_failure(&err, dep, outcome.attempts, more);
+                        if let (true, Some(m)) = (more, &self.metrics) {
+                            m.retry(&dep.id);
+                        }
                         // Another deployment goes at once; the same one after a backoff.
                         let other = self.has_other(deployments, &tried);
                         if more && !other {

@@ -1,7 +1,9 @@
 //! Structured logs: one line per request, JSON when stdout is not a terminal.
 
+mod metrics;
 mod request_log;
 
+pub use metrics::Metrics;
 pub use request_log::{RequestLog, StreamStats};
 
 use std::io::IsTerminal;

@@ -51,6 +51,12 @@ pub struct RequestLog {
     pub status: u16,
     pub error: Option<ProxyError>,
     pub stats: StreamStats,
+    /// Where the line's numbers also go.
+    pub metrics: Option<Arc<super::Metrics>>,
+    /// A stream is open to the client (the open-streams gauge counts it until the line).
+    pub streaming: bool,
+    /// Which rate-limit scope refused the request (`key`, `ip`), for the metric.
+    pub limited_by: Option<&'static str>,
     emitted: bool,
 }
 
@@ -67,8 +73,26 @@ impl RequestLog {
             status: 200,
             error: None,
             stats: StreamStats::default(),
+            metrics: None,
+            streaming: false,
+            limited_by: None,
             emitted: false,
         }
+    }
+
+    /// Records this request in `metrics` too (and counts it in flight until its line).
+    pub fn with_metrics(mut self, metrics: Arc<super::Metrics>) -> Self {
+        metrics.in_flight(1);
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The response is now a stream open to the client.
+    pub fn stream_opened(&mut self) {
+        if let (false, Some(m)) = (self.streaming, &self.metrics) {
+            m.streams(1);
+        }
+        self.streaming = true;
     }
 
     pub fn fail(&mut self, err: &ProxyError) {
@@ -84,6 +108,24 @@ impl RequestLog {
         self.emitted = true;
         let latency = self.started.elapsed();
         let dep = self.outcome.deployment.as_ref();
+        if let Some(m) = &self.metrics {
+            m.in_flight(-1);
+            if self.streaming {
+                m.streams(-1);
+            }
+            m.request(
+                self.endpoint,
+                self.model.as_deref(),
+                dep.map(|d| d.provider.name.as_str()),
+                self.status,
+                latency,
+                self.stats.ttft,
+                self.stats.usage,
+            );
+            if let Some(scope) = self.limited_by {
+                m.rate_limited(scope);
+            }
+        }
         let usage = self.stats.usage;
         let tokens_out = usage.map(|u| u.completion_tokens);
         let tokens_per_sec = self.stats.tokens_per_sec(latency);

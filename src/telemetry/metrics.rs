@@ -1,0 +1,338 @@
+//! Prometheus metrics at `/metrics`: requests, latency, time to first token, overhead,
+//! tokens, retries, fallbacks, rate limiting, requests and streams in flight, upstream
+//! errors and deployment health. Names follow Prometheus conventions (`llm_proxy_` prefix,
+//! `_total`, `_seconds`) and the OpenTelemetry GenAI conventions where they apply (time to
+//! first token, token type `input`/`output`).
+//!
+//! Recording is a few atomic operations on the request path. Label values that come from
+//! clients (model names) are capped, so a client inventing model names cannot grow the
+//! series without bound.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: String,
+    pub model: String,
+    pub provider: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+    pub provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub model: String,
+    pub provider: String,
+    /// `input`, `output`, `cached` or `reasoning`.
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeploymentLabels {
+    pub deployment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub deployment: String,
+    /// `connect`, `timeout`, `status_5xx`, `status_429`, …
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `key`, `ip` or `deployment`.
+    pub scope: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub deployment: String,
+    pub state: String,
+}
+
+type Hist = Family<ModelLabels, Histogram, fn() -> Histogram>;
+
+fn latency_buckets() -> Histogram {
+    // 1 ms … ~65 s.
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ])
+}
+
+fn overhead_buckets() -> Histogram {
+    // 10 µs … 100 ms: what the proxy itself adds.
+    Histogram::new([
+        0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.1,
+    ])
+}
+
+/// Distinct model label values kept before new ones are reported as `other`.
+const MAX_MODELS: usize = 500;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Hist,
+    ttft: Hist,
+    overhead: Hist,
+    tokens: Family<TokenLabels, Counter>,
+    retries: Family<DeploymentLabels, Counter>,
+    upstream_errors: Family<ErrorLabels, Counter>,
+    fallbacks: Family<FallbackLabels, Counter>,
+    rate_limited: Family<LimitLabels, Counter>,
+    in_flight: Gauge<i64, AtomicI64>,
+    streams: Gauge<i64, AtomicI64>,
+    deployment_state: Family<StateLabels, Gauge<i64, AtomicI64>>,
+    models_seen: Mutex<HashSet<String>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("llm_proxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests served, by endpoint, model, provider and HTTP status",
+            requests.clone(),
+        );
+        let duration = Hist::new_with_constructor(latency_buckets as fn() -> Histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Whole request: to the reply, or to the end of the stream",
+            duration.clone(),
+        );
+        let overhead = Hist::new_with_constructor(overhead_buckets as fn() -> Histogram);
+        registry.register(
+            "overhead_seconds",
+            "Time the proxy itself added: total minus time waiting on the upstream (to the reply, or to the stream's first chunk)",
+            overhead.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens by type (input, output, cached, reasoning) as upstreams report them",
+            tokens.clone(),
+        );
+        let retries = Family::<DeploymentLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Attempts retried after a failure",
+            retries.clone(),
+        );
+        let upstream_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Failed upstream attempts by class",
+            upstream_errors.clone(),
+        );
+        let fallbacks = Family::<FallbackLabels, Counter>::default();
+        registry.register(
+            "fallbacks",
+            "Requests that fell back to another model",
+            fallbacks.clone(),
+        );
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by scope",
+            rate_limited.clone(),
+        );
+        let in_flight = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "in_flight_requests",
+            "Requests being served",
+            in_flight.clone(),
+        );
+        let streams = Gauge::<i64, AtomicI64>::default();
+        registry.register("open_streams", "Streams open to clients", streams.clone());
+        let deployment_state = Family::<StateLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "deployment_state",
+            "1 for each deployment's current state (healthy, degraded, cooling, probing)",
+            deployment_state.clone(),
+        );
+        let ttft = Hist::new_with_constructor(latency_buckets as fn() -> Histogram);
+        registry.register(
+            "time_to_first_token_seconds",
+            "Time to a stream's first token (OpenTelemetry GenAI: gen_ai.server.time_to_first_token)",
+            ttft.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            duration,
+            ttft,
+            overhead,
+            tokens,
+            retries,
+            upstream_errors,
+            fallbacks,
+            rate_limited,
+            in_flight,
+            streams,
+            deployment_state,
+            models_seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// A model name as a label value: itself while fewer than `MAX_MODELS` were seen.
+    fn model_label(&self, model: &str) -> String {
+        let Ok(mut seen) = self.models_seen.lock() else {
+            return "other".into();
+        };
+        if seen.contains(model) || (seen.len() < MAX_MODELS && seen.insert(model.to_owned())) {
+            model.to_owned()
+        } else {
+            "other".into()
+        }
+    }
+
+    /// Records a finished request (called once, by the request log).
+    #[allow(clippy::too_many_arguments)]
+    pub fn request(
+        &self,
+        endpoint: &str,
+        model: Option<&str>,
+        provider: Option<&str>,
+        status: u16,
+        latency: Duration,
+        ttft: Option<Duration>,
+        usage: Option<crate::types::Usage>,
+    ) {
+        let model = self.model_label(model.unwrap_or("-"));
+        let provider = provider.unwrap_or("-").to_owned();
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint: endpoint.to_owned(),
+                model: model.clone(),
+                provider: provider.clone(),
+                status: status.to_string(),
+            })
+            .inc();
+        let ml = ModelLabels {
+            model: model.clone(),
+            provider: provider.clone(),
+        };
+        self.duration
+            .get_or_create(&ml)
+            .observe(latency.as_secs_f64());
+        if let Some(t) = ttft {
+            self.ttft.get_or_create(&ml).observe(t.as_secs_f64());
+        }
+        if let Some(u) = usage {
+            for (kind, n) in [
+                ("input", Some(u.prompt_tokens)),
+                ("output", Some(u.completion_tokens)),
+                ("cached", u.cached_tokens),
+                ("reasoning", u.reasoning_tokens),
+            ] {
+                if let Some(n) = n.filter(|n| *n > 0) {
+                    self.tokens
+                        .get_or_create(&TokenLabels {
+                            model: model.clone(),
+                            provider: provider.clone(),
+                            r#type: kind.to_owned(),
+                        })
+                        .inc_by(n);
+                }
+            }
+        }
+    }
+
+    pub fn overhead(&self, model: &str, provider: &str, d: Duration) {
+        let ml = ModelLabels {
+            model: self.model_label(model),
+            provider: provider.to_owned(),
+        };
+        self.overhead.get_or_create(&ml).observe(d.as_secs_f64());
+    }
+
+    pub fn retry(&self, deployment: &str) {
+        self.retries
+            .get_or_create(&DeploymentLabels {
+                deployment: deployment.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn upstream_error(&self, deployment: &str, class: &str) {
+        self.upstream_errors
+            .get_or_create(&ErrorLabels {
+                deployment: deployment.to_owned(),
+                class: class.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn fallback(&self, from: &str, to: &str) {
+        self.fallbacks
+            .get_or_create(&FallbackLabels {
+                from: self.model_label(from),
+                to: self.model_label(to),
+            })
+            .inc();
+    }
+
+    pub fn rate_limited(&self, scope: &str) {
+        self.rate_limited
+            .get_or_create(&LimitLabels {
+                scope: scope.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn in_flight(&self, delta: i64) {
+        self.in_flight.inc_by(delta);
+    }
+
+    pub fn streams(&self, delta: i64) {
+        self.streams.inc_by(delta);
+    }
+
+    /// The text exposition, with each deployment's state set just before.
+    pub fn render(&self, deployments: &[(String, &'static str)]) -> String {
+        self.deployment_state.clear();
+        for (d, state) in deployments {
+            self.deployment_state
+                .get_or_create(&StateLabels {
+                    deployment: d.clone(),
+                    state: (*state).to_owned(),
+                })
+                .set(1);
+        }
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

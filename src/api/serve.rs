@@ -243,9 +243,8 @@ pub(crate) async fn serve<D: Dialect>(
                     open,
                     log,
                     permit,
-                    state.closing.clone(),
                     ticket,
-                    &state.metrics,
+                    &state,
                 );
                 rate.headers(resp.headers_mut());
                 resp
@@ -334,11 +333,11 @@ fn stream_response<D: Dialect>(
     open: OpenStream,
     mut log: RequestLog,
     permit: OwnedSemaphorePermit,
-    closing: Closing,
     ticket: Option<Ticket>,
-    metrics: &Metrics,
+    state: &AppState,
 ) -> Response {
-    let overhead_ms = overhead(&log, metrics);
+    let overhead_ms = overhead(&log, &state.metrics);
+    let closing = state.closing.clone();
     // Time to first token is measured to the first chunk's arrival, not to when the body
     // is first polled.
     if open

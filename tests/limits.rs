@@ -379,3 +379,53 @@ async fn listings_show_a_key_only_its_models() {
     let v = list(MASTER, "/v1/models").await;
     assert_eq!(v["data"].as_array().unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn fallbacks_do_not_take_a_key_outside_its_models() {
+    let up = fake_upstream().await;
+    let yaml = format!(
+        "providers: {{ up: {{ kind: openai, base_url: '{base}' }} }}\n\
+         models: [ {{ name: primary, provider: up, model: fail500 }}, {{ name: backup, provider: up, model: ok }} ]\n\
+         auth:\n  master_key: {MASTER}\n  keys:\n    - {{ name: team-a, key: {TEAM_A}, models: [primary] }}\n\
+         routing: {{ num_retries: 0, fallbacks: {{ primary: [backup] }} }}\n",
+        base = up.base_url()
+    );
+    let px = proxy(&yaml).await;
+    let resp = call(&px.url(), TEAM_A, "primary", &[]).await;
+    assert_eq!(resp.status(), 502, "backup is not the key's to use");
+    let resp = call(&px.url(), MASTER, "primary", &[]).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-llm-proxy-model"], "backup");
+}
+
+#[test]
+fn zero_limits_and_endless_durations_are_config_errors() {
+    let env = HashMap::new();
+    for (yaml, key) in [
+        (
+            "auth: { keys: [ { name: a, key: k1, rpm: 0 } ] }",
+            "auth.keys[0].rpm",
+        ),
+        (
+            "limits: { per_ip: { max_parallel_requests: 0 } }",
+            "limits.per_ip.max_parallel_requests",
+        ),
+        (
+            "providers: { m: { kind: mock } }\nmodels: [ { name: x, provider: m, tpm: 0 } ]",
+            "models[0].tpm",
+        ),
+        (
+            "routing: { timeout: 18446744073709551615 }",
+            "routing.timeout",
+        ),
+        (
+            "routing: { cooldown_time: 100000000000y }",
+            "routing.cooldown_time",
+        ),
+    ] {
+        let msg = llm_proxy::config::load_str(yaml, "z.yaml", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(key), "{yaml}: {msg}");
+    }
+}

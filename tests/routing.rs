@@ -470,7 +470,7 @@ async fn active_health_checks_take_a_dead_provider_out_and_bring_it_back() {
     let px = proxy(&config(
         &up,
         "  - { name: m, provider: a, model: ok }",
-        "health_check_interval: 50ms, allowed_fails: 2, cooldown_time: 10s",
+        "health_check_interval: 50ms, allowed_fails: 2, cooldown_time: 300ms",
     ))
     .await;
     let url = px.url();

@@ -16,7 +16,7 @@ use crate::error::{ErrorCode, ProxyError};
 use crate::keys::Principal;
 use crate::limits::{RateStatus, Ticket, estimate_tokens};
 use crate::providers::EventStream;
-use crate::router::{OpenStream, Outcome};
+use crate::router::{OpenStream, Outcome, RouteCtx};
 use crate::shutdown::Closing;
 use crate::telemetry::Metrics;
 use crate::telemetry::RequestLog;
@@ -172,6 +172,13 @@ pub(crate) async fn serve<D: Dialect>(
     let state = state.0;
     let mut log = RequestLog::new(ctx.id.clone(), D::ENDPOINT, ctx.started)
         .with_metrics(state.metrics.clone());
+    // A slot first: bodies are read only by requests being served, so memory stays
+    // bounded by max_concurrent_requests × max_request_size, and a request turned away as
+    // busy costs no rate limit.
+    let permit = match admit(&state).await {
+        Ok(p) => p,
+        Err(e) => return fail::<D>(log, e, &ctx),
+    };
     let bytes = match body::read(&headers, raw, state.max_request_bytes).await {
         Ok(b) => b,
         Err(e) => return fail::<D>(log, e, &ctx),
@@ -223,29 +230,22 @@ pub(crate) async fn serve<D: Dialect>(
         }
         None => None,
     };
-    let permit = match admit(&state).await {
-        Ok(p) => p,
-        Err(e) => return fail::<D>(log, e, &ctx),
+    let may_use = |m: &str| caller.may_use(m);
+    let rc = RouteCtx {
+        started: ctx.started,
+        may_use: &may_use,
     };
     let mut outcome = Outcome::default();
     if req.is_stream() {
         let opened = tokio::select! {
-            r = state.router.chat_stream(&req, &route, &mut outcome) => r,
+            r = state.router.chat_stream(&req, &route, &rc, &mut outcome) => r,
             _ = state.closing.fired() => Err(shutting_down()),
         };
         log.outcome = outcome;
         match opened {
             Ok(open) => {
                 log.stream_opened();
-                let mut resp = stream_response::<D>(
-                    &req,
-                    opts,
-                    open,
-                    log,
-                    permit,
-                    ticket,
-                    &state,
-                );
+                let mut resp = stream_response::<D>(&req, opts, open, log, permit, ticket, &state);
                 rate.headers(resp.headers_mut());
                 resp
             }
@@ -260,7 +260,7 @@ pub(crate) async fn serve<D: Dialect>(
         }
     } else {
         let result = tokio::select! {
-            r = state.router.chat(&req, &route, &mut outcome) => r,
+            r = state.router.chat(&req, &route, &rc, &mut outcome) => r,
             _ = state.closing.fired() => Err(shutting_down()),
         };
         log.outcome = outcome;
@@ -400,6 +400,19 @@ struct SseState<D: Dialect> {
     log: RequestLog,
     _permit: OwnedSemaphorePermit,
     finished: bool,
+}
+
+/// However a stream ends (error, shutdown, the client gone), its limits are settled with
+/// the usage seen: the upstream's report when it came, else the reserve plus the output.
+impl<D: Dialect> Drop for SseState<D> {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticket.take() {
+            match self.log.stats.usage {
+                Some(u) => t.finish(Some(u.total_tokens)),
+                None => t.finish_partial(self.log.stats.output_events),
+            }
+        }
+    }
 }
 
 /// Forwards each upstream chunk as soon as it is decoded; ends with the dialect's closing

@@ -11,8 +11,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     if let Ok(secs) = t.parse::<f64>() {
         return from_secs(secs);
     }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("`{t}` is not a duration ({e}); write e.g. 60s, 500ms or 2m"))
+    let d = humantime::parse_duration(t)
+        .map_err(|e| format!("`{t}` is not a duration ({e}); write e.g. 60s, 500ms or 2m"))?;
+    from_secs(d.as_secs_f64())
 }
 
 fn from_secs(secs: f64) -> Result<Duration, String> {
@@ -32,14 +33,13 @@ impl<'de> Visitor<'de> for DurationVisitor {
         f.write_str("a duration such as 60s, 500ms, 2m, or a number of seconds")
     }
 
+    // Bounded like every other form: a duration added to "now" must not overflow.
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
-        Ok(Duration::from_secs(v))
+        from_secs(v as f64).map_err(E::custom)
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
-        u64::try_from(v)
-            .map(Duration::from_secs)
-            .map_err(|_| E::custom("a duration cannot be negative"))
+        from_secs(v as f64).map_err(E::custom)
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {

@@ -574,6 +574,38 @@ impl Settings {
                 }
             }
         }
+        // A limit of 0 would refuse everything (or, to a reader, mean "no limit"): neither
+        // is worth allowing by accident.
+        let zero = |key: String, l: &RateLimits| -> Result<(), ConfigError> {
+            for (field, v) in [
+                ("rpm", l.rpm),
+                ("tpm", l.tpm),
+                (
+                    "max_parallel_requests",
+                    l.max_parallel_requests.map(u64::from),
+                ),
+            ] {
+                if v == Some(0) {
+                    return Err(ConfigError::Invalid {
+                        key: format!("{key}.{field}"),
+                        message: "must be at least 1 (leave it out for no limit)".into(),
+                    });
+                }
+            }
+            Ok(())
+        };
+        for (i, k) in self.auth.keys.iter().enumerate() {
+            zero(format!("auth.keys[{i}]"), &k.limits)?;
+        }
+        zero("limits.per_ip".into(), &self.limits.per_ip)?;
+        for (i, m) in self.models.iter().enumerate() {
+            let l = RateLimits {
+                rpm: m.rpm,
+                tpm: m.tpm,
+                max_parallel_requests: m.max_parallel_requests,
+            };
+            zero(format!("models[{i}]"), &l)?;
+        }
         let mut names = std::collections::HashSet::new();
         let mut hashes = std::collections::HashSet::new();
         for (i, k) in self.auth.keys.iter().enumerate() {

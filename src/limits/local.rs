@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::gcra::{self, PERIOD_S};
+use super::gcra;
 use super::{Decision, Exceeded, RateStatus, Refusal, Scope};
 
 #[derive(Debug, Default)]
@@ -89,9 +89,8 @@ impl LocalStore {
         let Ok(mut guard) = self.entries.lock() else {
             return;
         };
-        let Some(e) = guard.0.get_mut(&scope.id) else {
-            return;
-        };
+        // An entry swept while its request ran comes back, so the charge is never lost.
+        let e = guard.0.entry(scope.id.clone()).or_default();
         if scope.limits.max_parallel_requests.is_some() {
             e.in_flight = e.in_flight.saturating_sub(1);
         }
@@ -102,8 +101,9 @@ impl LocalStore {
 }
 
 fn refused(exceeded: Exceeded, wait: f64, status: RateStatus) -> Refusal {
+    // The real wait (a large reply can put a token limit minutes in debt), at most an hour.
     let wait = if wait.is_finite() {
-        wait.clamp(0.001, PERIOD_S)
+        wait.clamp(0.001, 3600.0)
     } else {
         f64::from(u32::MAX)
     };

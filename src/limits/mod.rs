@@ -105,6 +105,13 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// Settles a request cut short without a usage report: its reserve plus the output
+    /// it produced (about one token per piece).
+    pub fn finish_partial(self, output_pieces: u64) {
+        let total = self.reserved.saturating_add(output_pieces);
+        self.finish(Some(total));
+    }
+
     /// Settles with the real token usage.
     pub fn finish(mut self, tokens: Option<u64>) {
         self.done = true;
@@ -159,20 +166,25 @@ impl Limiter {
         if !self.trusted.iter().any(|n| n.contains(&peer)) {
             return Some(peer);
         }
-        let chain: Vec<IpAddr> = headers
+        // Walk from the right (the hop our trusted proxy added) past trusted proxies; an
+        // entry that does not parse ends the walk at the peer, so a client cannot slip a
+        // chosen address past us behind a malformed one.
+        let entries: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|s| s.trim().parse().ok())
+            .map(str::trim)
             .collect();
-        Some(
-            chain
-                .into_iter()
-                .rev()
-                .find(|ip| !self.trusted.iter().any(|n| n.contains(ip)))
-                .unwrap_or(peer),
-        )
+        for entry in entries.into_iter().rev() {
+            let Some(ip) = parse_hop(entry) else {
+                return Some(peer);
+            };
+            if !self.trusted.iter().any(|n| n.contains(&ip)) {
+                return Some(ip);
+            }
+        }
+        Some(peer)
     }
 
     /// The scope a request is limited in, if any: its virtual key's limits, or its
@@ -204,6 +216,10 @@ impl Limiter {
         tokens: u64,
         request_id: &str,
     ) -> Result<Ticket, (ProxyError, RateStatus)> {
+        // Parallel slots are named by us, never by the client's request id (a client
+        // reusing one id must not share one slot across requests).
+        let slot = format!("{request_id}:{}", uuid::Uuid::new_v4().simple());
+        let request_id = slot.as_str();
         let mut shared = false;
         let decision = match &self.redis {
             Some(r) => match r.admit(&scope, tokens, request_id).await {
@@ -240,7 +256,7 @@ impl Limiter {
             }),
             Err(refusal) => {
                 let wait = refusal.retry_after;
-                let message = if wait.as_secs() > 3600 {
+                let message = if wait.as_secs() > 86_400 {
                     format!(
                         "rate limit: this request needs more {} than {} may ever use",
                         refusal.exceeded.as_str(),
@@ -269,9 +285,56 @@ impl Limiter {
     }
 }
 
+/// One `X-Forwarded-For` hop: an address, `ip:port`, or `[v6]:port`.
+fn parse_hop(s: &str) -> Option<IpAddr> {
+    s.parse::<IpAddr>()
+        .ok()
+        .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
+}
+
 /// A rough prompt size in tokens (about four characters each), reserved before the reply
 /// and settled against the real count after it.
 pub fn estimate_tokens(req: &crate::types::ChatRequest) -> u64 {
     let chars: usize = req.messages.iter().map(|m| m.text().len()).sum();
     (chars as u64).div_ceil(4).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(trusted: &[&str]) -> Limiter {
+        Limiter::new(&LimitsSettings {
+            trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
+            ..LimitsSettings::default()
+        })
+        .unwrap()
+    }
+
+    fn xff(v: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-forwarded-for", v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_walked_from_the_trusted_end() {
+        let peer: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let l = limiter(&["10.0.0.0/8"]);
+        let ip = |h: &str| l.client_ip(Some(peer), &xff(h)).unwrap().to_string();
+        assert_eq!(ip("1.1.1.1"), "1.1.1.1");
+        assert_eq!(ip("6.6.6.6, 1.1.1.1, 10.0.0.9"), "1.1.1.1");
+        assert_eq!(ip("1.1.1.1:4321"), "1.1.1.1");
+        assert_eq!(ip("[2001:db8::1]:443"), "2001:db8::1");
+        // A malformed hop ends the walk at the peer: nothing left of it is believed.
+        assert_eq!(ip("6.6.6.6, garbage"), "10.0.0.2");
+        // An untrusted peer's header is ignored.
+        let other: SocketAddr = "8.8.8.8:1".parse().unwrap();
+        assert_eq!(
+            l.client_ip(Some(other), &xff("1.1.1.1"))
+                .unwrap()
+                .to_string(),
+            "8.8.8.8"
+        );
+    }
 }

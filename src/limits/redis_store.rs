@@ -15,8 +15,9 @@ use super::gcra::{PERIOD_S, Quota};
 use super::{Decision, Exceeded, RateStatus, Refusal, Scope};
 use crate::secret::Secret;
 
-/// A parallel slot older than this is someone's crash, not a request.
-const STALE_S: u64 = 600;
+/// A parallel slot older than this is someone's crash, not a request (streams longer than
+/// an hour stop counting against `max_parallel_requests` then).
+const STALE_S: u64 = 3600;
 
 const ADMIT: &str = r#"
 local t = redis.call('TIME')
@@ -25,7 +26,7 @@ local period = 60
 local rpm, tpm, n, maxp = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local req_tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 local tok_tat = tonumber(redis.call('GET', KEYS[2]) or '0')
-local function debts() return tostring(math.max(req_tat - now, 0)), tostring(math.max(tok_tat - now, 0)) end
+local function debts() return string.format('%.6f', math.max(req_tat - now, 0)), string.format('%.6f', math.max(tok_tat - now, 0)) end
 if maxp > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[6]))
   if redis.call('ZCARD', KEYS[3]) >= maxp then
@@ -38,7 +39,7 @@ if rpm > 0 then
   new_req = math.max(req_tat, now) + period / rpm
   if new_req - now > period + 1e-9 then
     local a, b = debts()
-    return {0, 'requests', tostring(new_req - now - period), a, b}
+    return {0, 'requests', string.format('%.6f', new_req - now - period), a, b}
   end
 end
 if tpm > 0 then
@@ -49,20 +50,20 @@ if tpm > 0 then
   new_tok = math.max(tok_tat, now) + n * period / tpm
   if new_tok - now > period + 1e-9 then
     local a, b = debts()
-    return {0, 'tokens', tostring(new_tok - now - period), a, b}
+    return {0, 'tokens', string.format('%.6f', new_tok - now - period), a, b}
   end
 end
 if rpm > 0 then
-  redis.call('SET', KEYS[1], tostring(new_req), 'PX', math.ceil((new_req - now + period) * 1000))
+  redis.call('SET', KEYS[1], string.format('%.6f', new_req), 'PX', math.ceil((new_req - now + period) * 1000))
 end
 if tpm > 0 then
-  redis.call('SET', KEYS[2], tostring(new_tok), 'PX', math.ceil((new_tok - now + period) * 1000))
+  redis.call('SET', KEYS[2], string.format('%.6f', new_tok), 'PX', math.ceil((new_tok - now + period) * 1000))
 end
 if maxp > 0 then
   redis.call('ZADD', KEYS[3], now, ARGV[5])
   redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]))
 end
-return {1, 'ok', '0', tostring(math.max(new_req - now, 0)), tostring(math.max(new_tok - now, 0))}
+return {1, 'ok', '0', string.format('%.6f', math.max(new_req - now, 0)), string.format('%.6f', math.max(new_tok - now, 0))}
 "#;
 
 const SETTLE: &str = r#"
@@ -73,7 +74,7 @@ local tpm, delta = tonumber(ARGV[1]), tonumber(ARGV[2])
 if tpm > 0 and delta ~= 0 then
   local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
   local new = math.max(math.max(tat, now) + delta * 60 / tpm, now)
-  redis.call('SET', KEYS[1], tostring(new), 'PX', math.ceil((new - now + 60) * 1000))
+  redis.call('SET', KEYS[1], string.format('%.6f', new), 'PX', math.ceil((new - now + 60) * 1000))
 end
 return 1
 "#;
@@ -184,7 +185,7 @@ impl RedisStore {
             _ => Exceeded::Requests,
         };
         let wait = match wait.parse::<f64>() {
-            Ok(w) if w.is_finite() => Duration::from_secs_f64(w.clamp(0.001, PERIOD_S)),
+            Ok(w) if w.is_finite() => Duration::from_secs_f64(w.clamp(0.001, 3600.0)),
             _ => Duration::from_secs(u64::from(u32::MAX)),
         };
         Ok(Err(Refusal {

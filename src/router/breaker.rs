@@ -144,6 +144,17 @@ impl Breaker {
         }
     }
 
+    /// A passing active health check: a deployment whose cooldown is over comes back (the
+    /// check stands in for the probe); one still cooling stays out, and recent failures
+    /// of a working deployment are not forgiven by a model listing.
+    pub fn on_health_success(&mut self, now: Instant) {
+        match self.state {
+            State::Open { until } if now >= until => self.on_success(),
+            State::HalfOpen { probing: false } => self.on_success(),
+            _ => {}
+        }
+    }
+
     /// A probe that ended with neither success nor a deployment failure (a client error,
     /// a cancelled request) gives the probe back, so the next request can try.
     pub fn release_probe(&mut self) {
@@ -221,5 +232,34 @@ mod tests {
         assert_eq!(b.admit(after, true), Admission::Probe);
         b.release_probe();
         assert_eq!(b.admit(after, true), Admission::Probe);
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    #[test]
+    fn a_passing_health_check_ends_only_a_finished_cooldown() {
+        let mut b = Breaker::new(BreakerPolicy {
+            allowed_fails: 1,
+            fail_window: Duration::from_secs(10),
+            cooldown: Duration::from_secs(5),
+        });
+        let t0 = Instant::now();
+        b.on_failure(t0);
+        b.on_health_success(t0 + Duration::from_secs(1));
+        assert_eq!(b.health(t0 + Duration::from_secs(1)).0, Health::Cooling);
+        b.on_health_success(t0 + Duration::from_secs(6));
+        assert_eq!(b.health(t0 + Duration::from_secs(6)).0, Health::Healthy);
+        // Recent failures of a working deployment are not forgiven by a model listing.
+        let mut b = Breaker::new(BreakerPolicy {
+            allowed_fails: 3,
+            fail_window: Duration::from_secs(10),
+            cooldown: Duration::from_secs(5),
+        });
+        b.on_failure(t0);
+        b.on_health_success(t0);
+        assert_eq!(b.health(t0).0, Health::Degraded);
     }
 }

@@ -180,6 +180,12 @@ impl DeploymentState {
             .unwrap_or(false)
     }
 
+    pub fn on_health_success(&self) {
+        if let Ok(mut b) = self.breaker.lock() {
+            b.on_health_success(Instant::now());
+        }
+    }
+
     pub fn release_probe(&self) {
         if let Ok(mut b) = self.breaker.lock() {
             b.release_probe();

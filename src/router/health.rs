@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::deployment::DeploymentState;
 use super::{Deployment, ProviderEntry};
 use crate::providers::ChatProvider;
 
@@ -63,10 +64,19 @@ pub fn spawn_checks(
             .or_default()
             .push(d);
     }
-    let checks: Vec<(Weak<ProviderEntry>, Vec<Deployment>)> = providers
+    // Held weakly (the deployments hold their provider), so the task ends with the router.
+    type Check = (Weak<ProviderEntry>, Vec<Weak<DeploymentState>>);
+    let checks: Vec<Check> = providers
         .iter()
-        .filter_map(|p| Some((Arc::downgrade(p), by_provider.remove(&p.name)?)))
+        .filter_map(|p| {
+            let deps = by_provider.remove(&p.name)?;
+            Some((
+                Arc::downgrade(p),
+                deps.iter().map(|d| Arc::downgrade(&d.state)).collect(),
+            ))
+        })
         .collect();
+    drop(by_provider);
     runtime.spawn(async move {
         loop {
             tokio::time::sleep(every).await;
@@ -79,11 +89,12 @@ pub fn spawn_checks(
                 if !ok {
                     tracing::warn!(provider = %p.name, "health check failed");
                 }
-                for d in deps {
+                drop(p);
+                for d in deps.iter().filter_map(Weak::upgrade) {
                     if ok {
-                        d.state.on_success();
+                        d.on_health_success();
                     } else {
-                        d.state.on_failure();
+                        d.on_failure();
                     }
                 }
             }

@@ -66,6 +66,15 @@ pub struct Outcome {
     pub upstream: Duration,
 }
 
+/// What the caller tells the router about a request besides its body.
+pub struct RouteCtx<'a> {
+    /// When the request began: `routing.timeout` counts from here (body read, limits and
+    /// queue included).
+    pub started: Instant,
+    /// Which models the caller may use: fallbacks it may not use are skipped.
+    pub may_use: &'a (dyn Fn(&str) -> bool + Sync),
+}
+
 /// An opened stream whose first chunk already arrived.
 pub struct OpenStream {
     pub first: Option<StreamChunk>,
@@ -305,9 +314,10 @@ impl Router {
     }
 
     fn resolve_all(&self, names: &[String], except: &str) -> Vec<Resolved> {
+        let mut seen = std::collections::HashSet::new();
         names
             .iter()
-            .filter(|n| n.as_str() != except)
+            .filter(|n| n.as_str() != except && seen.insert(n.as_str()))
             .filter_map(|n| match self.resolve(n) {
                 Ok(r) => Some(r),
                 Err(_) => {
@@ -323,24 +333,31 @@ impl Router {
         &self,
         req: &ChatRequest,
         route: &Resolved,
+        rc: &RouteCtx<'_>,
         outcome: &mut Outcome,
     ) -> Result<ChatResponse, ProxyError> {
         let (resp, _guard) = self
-            .run(route, outcome, false, |dep: Deployment, limit| async move {
-                let started = Instant::now();
-                let call = dep.provider.provider.chat(req, &dep.upstream_model);
-                match timeout(limit, call).await {
-                    Ok(Ok(resp)) => {
-                        dep.state.record_latency(started.elapsed());
-                        if let Some(u) = resp.usage {
-                            dep.state.record_tokens(u.total_tokens);
+            .run(
+                route,
+                rc,
+                outcome,
+                false,
+                |dep: Deployment, limit| async move {
+                    let started = Instant::now();
+                    let call = dep.provider.provider.chat(req, &dep.upstream_model);
+                    match timeout(limit, call).await {
+                        Ok(Ok(resp)) => {
+                            dep.state.record_latency(started.elapsed());
+                            if let Some(u) = resp.usage {
+                                dep.state.record_tokens(u.total_tokens);
+                            }
+                            Ok(resp)
                         }
-                        Ok(resp)
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(UpstreamError::Timeout(TimeoutKind::Total, limit)),
                     }
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(UpstreamError::Timeout(TimeoutKind::Total, limit)),
-                }
-            })
+                },
+            )
             .await?;
         Ok(resp)
     }
@@ -350,36 +367,43 @@ impl Router {
         &self,
         req: &ChatRequest,
         route: &Resolved,
+        rc: &RouteCtx<'_>,
         outcome: &mut Outcome,
     ) -> Result<OpenStream, ProxyError> {
         let (open, guard) = self
-            .run(route, outcome, true, |dep: Deployment, limit| async move {
-                let started = Instant::now();
-                let open = async {
-                    let mut s = dep
-                        .provider
-                        .provider
-                        .chat_stream(req, &dep.upstream_model)
-                        .await?;
-                    match s.next().await {
-                        Some(Ok(first)) => Ok((Some(first), s)),
-                        Some(Err(e)) => Err(e),
-                        None => Ok((None, s)),
+            .run(
+                route,
+                rc,
+                outcome,
+                true,
+                |dep: Deployment, limit| async move {
+                    let started = Instant::now();
+                    let open = async {
+                        let mut s = dep
+                            .provider
+                            .provider
+                            .chat_stream(req, &dep.upstream_model)
+                            .await?;
+                        match s.next().await {
+                            Some(Ok(first)) => Ok((Some(first), s)),
+                            Some(Err(e)) => Err(e),
+                            None => Ok((None, s)),
+                        }
+                    };
+                    match timeout(limit, open).await {
+                        Ok(Ok((first, rest))) => {
+                            dep.state.record_latency(started.elapsed());
+                            Ok(OpenStream {
+                                first,
+                                first_at: Instant::now(),
+                                rest,
+                            })
+                        }
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(UpstreamError::Timeout(TimeoutKind::FirstToken, limit)),
                     }
-                };
-                match timeout(limit, open).await {
-                    Ok(Ok((first, rest))) => {
-                        dep.state.record_latency(started.elapsed());
-                        Ok(OpenStream {
-                            first,
-                            first_at: Instant::now(),
-                            rest,
-                        })
-                    }
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(UpstreamError::Timeout(TimeoutKind::FirstToken, limit)),
-                }
-            })
+                },
+            )
             .await?;
         let dep = outcome
             .deployment
@@ -396,6 +420,7 @@ impl Router {
     async fn run<T, F, Fut>(
         &self,
         route: &Resolved,
+        rc: &RouteCtx<'_>,
         outcome: &mut Outcome,
         stream: bool,
         attempt: F,
@@ -404,7 +429,7 @@ impl Router {
         F: Fn(Deployment, Duration) -> Fut,
         Fut: Future<Output = Result<T, UpstreamError>>,
     {
-        let deadline = Instant::now() + self.routing.timeout;
+        let deadline = rc.started + self.routing.timeout;
         let per_model = self.routing.num_retries.saturating_add(1);
         let mut groups = vec![route.clone()];
         let mut next_group = 0;
@@ -441,10 +466,18 @@ impl Router {
                     chosen = self.choose(deployments, &tried, &mut soonest, &mut full);
                 }
                 saw_full |= full;
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(deadline_error(last_err, self.routing.timeout));
+                }
                 let Some((i, probe)) = chosen else {
                     break; // everything here is cooling down or at its limits
                 };
                 let dep = &deployments[i];
+                // A probe that ends in neither success nor a deployment failure (a client
+                // error, a cancelled request) is handed back, so the deployment cannot
+                // stay "probing" for ever; after either outcome this does nothing.
+                let _probe = probe.then(|| ProbeGuard(dep.state.clone()));
                 attempts += 1;
                 outcome.attempts += 1;
                 outcome.deployment = Some(dep.clone());
@@ -475,9 +508,6 @@ impl Router {
                 }
                 match blame {
                     Blame::Client => {
-                        if probe {
-                            dep.state.release_probe();
-                        }
                         log_failure(&err, dep, outcome.attempts, false);
                         if err.is_context_window() {
                             context_error = true;
@@ -487,7 +517,8 @@ impl Router {
                         return Err(err.into_proxy_error());
                     }
                     Blame::Deployment { retry_same } => {
-                        if dep.state.on_failure() {
+                        let cooled = dep.state.on_failure();
+                        if cooled {
                             tracing::warn!(
                                 deployment = %dep.id,
                                 cooldown_s = self.routing.cooldown_time.as_secs_f64(),
@@ -502,7 +533,8 @@ impl Router {
                         // Another deployment goes at once; the same one after a backoff.
                         let other = self.has_other(deployments, &tried);
                         if more && !other {
-                            if !retry_same {
+                            // Nothing to wait for on a deployment just taken out.
+                            if !retry_same || cooled {
                                 last_err = Some(err);
                                 break;
                             }
@@ -528,7 +560,7 @@ impl Router {
                 } else {
                     self.resolve_all(&r.default_fallbacks, &route.model)
                 };
-                groups.extend(extra);
+                groups.extend(extra.into_iter().filter(|g| (rc.may_use)(&g.model)));
             } else if context_error {
                 break;
             }
@@ -636,6 +668,15 @@ impl Router {
             } => jittered.max((*hint).min(self.routing.max_retry_after)),
             _ => jittered,
         }
+    }
+}
+
+/// Hands a cooldown probe back when dropped (see the attempt loop).
+struct ProbeGuard(Arc<DeploymentState>);
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        self.0.release_probe();
     }
 }
 

@@ -16,12 +16,18 @@ pub struct StreamStats {
     pub usage: Option<Usage>,
     pub finish: Option<FinishReason>,
     pub chunks: u64,
+    /// Pieces of output seen (about one token each): what a stream cut short is charged
+    /// when the upstream never reported usage.
+    pub output_events: u64,
 }
 
 impl StreamStats {
     pub fn observe(&mut self, started: Instant, event: &ChatEvent) {
-        if self.ttft.is_none() && event.is_content() {
-            self.ttft = Some(started.elapsed());
+        if event.is_content() {
+            self.output_events += 1;
+            if self.ttft.is_none() {
+                self.ttft = Some(started.elapsed());
+            }
         }
         match event {
             ChatEvent::Usage(u) => self.usage = Some(*u),

@@ -50,6 +50,9 @@ pub struct ChatRequest {
     /// and whatever Anthropic adds next survive. Other upstreams get the translation.
     #[serde(skip)]
     pub anthropic_raw: Option<std::sync::Arc<AnthropicRequest>>,
+    /// The W3C `traceparent` upstreams get (the caller's trace, continued by the proxy).
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }
 
 impl ChatRequest {

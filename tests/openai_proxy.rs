@@ -409,3 +409,37 @@ async fn models_endpoints_list_configured_models() {
     assert_eq!(h["status"], "ok");
     assert_eq!(h["providers"][0]["kind"], "openai");
 }
+
+#[tokio::test]
+async fn trace_context_is_continued_and_forwarded_upstream() {
+    let up = fake_upstream().await;
+    let px = proxy(&upstream_config(&up, "")).await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let resp = client()
+        .post(format!("{}/v1/chat/completions", px.url()))
+        .header("traceparent", parent)
+        .json(&chat_body("chat", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let sent = up.last_headers()["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{sent}"
+    );
+    assert_ne!(sent, parent, "the proxy is a span of its own");
+    // Without one, a trace starts at the proxy.
+    let _ = post(&px.url(), &chat_body("chat", false)).await;
+    let fresh = up.last_headers()["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        fresh.starts_with("00-") && !fresh.contains("4bf92f35"),
+        "{fresh}"
+    );
+}

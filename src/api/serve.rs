@@ -18,8 +18,8 @@ use crate::limits::{RateStatus, Ticket, estimate_tokens};
 use crate::providers::EventStream;
 use crate::router::{OpenStream, Outcome, RouteCtx};
 use crate::shutdown::Closing;
-use crate::telemetry::Metrics;
 use crate::telemetry::RequestLog;
+use crate::telemetry::{Metrics, TraceContext};
 use crate::types::{ChatEvent, ChatRequest, ChatResponse, StreamChunk};
 
 /// What a reply is about, for dialects that report it: the model asked for, the request
@@ -183,10 +183,13 @@ pub(crate) async fn serve<D: Dialect>(
         Ok(b) => b,
         Err(e) => return fail::<D>(log, e, &ctx),
     };
-    let (req, opts) = match prepare::<D>(&state, &bytes, &headers, &uri, &mut log) {
+    let (mut req, opts) = match prepare::<D>(&state, &bytes, &headers, &uri, &mut log) {
         Ok(r) => r,
         Err(e) => return fail::<D>(log, e, &ctx),
     };
+    let trace = TraceContext::from_headers(&headers);
+    req.traceparent = Some(trace.traceparent());
+    log.trace_id = Some(trace.trace_id);
     drop(bytes);
     if let Principal::Key(k) = &caller.principal {
         log.key = Some(k.name.clone());
@@ -203,6 +206,7 @@ pub(crate) async fn serve<D: Dialect>(
         Err(e) => return fail::<D>(log, e, &ctx),
     };
     let ip = state.limiter.client_ip(caller.peer, &headers);
+    log.client_ip = ip;
     let mut rate = RateStatus::default();
     let ticket = match state.limiter.scope(&caller.principal, ip) {
         Some(scope) => {

@@ -61,6 +61,9 @@ impl AnthropicProvider {
         let mut rb = self
             .request(self.client.post(&self.messages_url))
             .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(tp) = &req.traceparent {
+            rb = rb.header("traceparent", tp);
+        }
         let body = match &req.anthropic_raw {
             // An Anthropic client's own request, as sent, with our model id.
             Some(raw) => {

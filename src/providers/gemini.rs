@@ -62,10 +62,13 @@ impl GeminiProvider {
     ) -> Result<reqwest::Response, UpstreamError> {
         let body = serde_json::to_vec(&encode_request(req))
             .map_err(|e| UpstreamError::Malformed(e.to_string()))?;
-        let rb = self
+        let mut rb = self
             .request(self.client.post(self.url(model, stream)))
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body);
+        if let Some(tp) = &req.traceparent {
+            rb = rb.header("traceparent", tp);
+        }
         send(rb, self.api_key.as_ref()).await
     }
 }

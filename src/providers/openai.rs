@@ -128,8 +128,14 @@ impl OpenAiProvider {
         }
     }
 
-    fn post(&self, model: &str, body: Vec<u8>, stream: bool) -> reqwest::RequestBuilder {
-        let rb = self
+    fn post(
+        &self,
+        model: &str,
+        body: Vec<u8>,
+        stream: bool,
+        traceparent: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let mut rb = self
             .client
             .post(self.chat_url(model).as_ref())
             .headers(self.headers.clone())
@@ -143,16 +149,21 @@ impl OpenAiProvider {
                 },
             )
             .body(body);
+        if let Some(tp) = traceparent {
+            rb = rb.header("traceparent", tp);
+        }
         self.authorize(rb)
     }
 
     async fn send(
         &self,
+        req: &ChatRequest,
         model: &str,
         body: Vec<u8>,
         stream: bool,
     ) -> Result<reqwest::Response, UpstreamError> {
-        send(self.post(model, body, stream), self.api_key.as_ref()).await
+        let rb = self.post(model, body, stream, req.traceparent.as_deref());
+        send(rb, self.api_key.as_ref()).await
     }
 
     /// The URL models are listed from, and whether it answers in Ollama's native shape.
@@ -191,7 +202,7 @@ fn urlencode_segment(s: &str) -> std::borrow::Cow<'_, str> {
 impl ChatProvider for OpenAiProvider {
     async fn chat(&self, req: &ChatRequest, model: &str) -> Result<ChatResponse, UpstreamError> {
         let body = encode_request(req, model, false)?;
-        let resp = self.send(model, body, false).await?;
+        let resp = self.send(req, model, body, false).await?;
         let bytes = read_ok_body(resp, self.api_key.as_ref()).await?;
         decode_response(bytes).map_err(|e| UpstreamError::Malformed(e.to_string()))
     }
@@ -202,7 +213,7 @@ impl ChatProvider for OpenAiProvider {
         model: &str,
     ) -> Result<EventStream, UpstreamError> {
         let body = encode_request(req, model, true)?;
-        let resp = self.send(model, body, true).await?;
+        let resp = self.send(req, model, body, true).await?;
         Ok(decode_stream(resp, self.api_key.clone()))
     }
 

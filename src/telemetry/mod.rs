@@ -2,9 +2,11 @@
 
 mod metrics;
 mod request_log;
+mod trace;
 
 pub use metrics::Metrics;
 pub use request_log::{RequestLog, StreamStats};
+pub use trace::TraceContext;
 
 use std::io::IsTerminal;
 

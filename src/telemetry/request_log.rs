@@ -51,6 +51,10 @@ pub struct RequestLog {
     pub model: Option<Arc<str>>,
     /// The virtual key's name (never the key).
     pub key: Option<String>,
+    /// The W3C trace id (the caller's, or a new one).
+    pub trace_id: Option<String>,
+    /// The client's address (after trusted proxies).
+    pub client_ip: Option<std::net::IpAddr>,
     pub stream: bool,
     pub started: Instant,
     pub outcome: Outcome,
@@ -73,6 +77,8 @@ impl RequestLog {
             endpoint,
             model: None,
             key: None,
+            trace_id: None,
+            client_ip: None,
             stream: false,
             started,
             outcome: Outcome::default(),
@@ -147,6 +153,10 @@ impl RequestLog {
                     endpoint = self.endpoint,
                     model = self.model.as_deref(),
                     key = self.key.as_deref(),
+                    trace_id = self.trace_id.as_deref(),
+                    client_ip = self.client_ip.map(tracing::field::display),
+                    upstream_ms = ms(self.outcome.upstream),
+                    tokens_reasoning = usage.and_then(|u| u.reasoning_tokens),
                     provider = dep.map(|d| d.provider.name.as_str()),
                     deployment = dep.map(|d| &*d.id),
                     attempts = self.outcome.attempts,

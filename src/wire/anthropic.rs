@@ -888,6 +888,7 @@ pub fn decode_request(r: MessagesRequest) -> ChatRequest {
         stream_options: None,
         extra,
         anthropic_raw: None,
+        traceparent: None,
     }
 }
 

@@ -1,0 +1,106 @@
+//! W3C trace context: a caller's `traceparent` is continued (same trace id, our own span
+//! id) and forwarded to the upstream, so a request can be followed from the calling
+//! service through the proxy to the provider; without one, a new trace starts here.
+
+/// This request's place in a trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// 32 lowercase hex digits, never all zeros.
+    pub trace_id: String,
+    /// Our span: 16 lowercase hex digits.
+    pub span_id: String,
+    pub sampled: bool,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut out = String::with_capacity(bytes * 2);
+    while out.len() < bytes * 2 {
+        out.push_str(&uuid::Uuid::new_v4().simple().to_string());
+    }
+    out.truncate(bytes * 2);
+    out
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl TraceContext {
+    /// Continues the caller's trace from a valid `traceparent` header, else starts one.
+    pub fn from_headers(headers: &http::HeaderMap) -> Self {
+        let parent = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse);
+        let (trace_id, sampled) = parent.unwrap_or_else(|| (random_hex(16), true));
+        Self {
+            trace_id,
+            span_id: random_hex(8),
+            sampled,
+        }
+    }
+
+    /// The `traceparent` the upstream gets: the same trace, our span as its parent.
+    pub fn traceparent(&self) -> String {
+        format!(
+            "00-{}-{}-{}",
+            self.trace_id,
+            self.span_id,
+            if self.sampled { "01" } else { "00" }
+        )
+    }
+}
+
+/// `00-<trace-id>-<parent-id>-<flags>` (version 00; later versions are read as 00, as the
+/// spec asks); invalid or all-zero ids are refused.
+fn parse(v: &str) -> Option<(String, bool)> {
+    let mut parts = v.trim().split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let parent = parts.next()?;
+    let flags = parts.next()?;
+    if !is_hex(version, 2) || version == "ff" || (version == "00" && parts.next().is_some()) {
+        return None;
+    }
+    if !is_hex(trace, 32) || !is_hex(parent, 16) || !is_hex(flags, 2) {
+        return None;
+    }
+    if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
+    Some((trace.to_owned(), sampled))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continues_a_valid_parent_and_refuses_bad_ones() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        let t = TraceContext::from_headers(&h);
+        assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(t.sampled);
+        assert_ne!(t.span_id, "00f067aa0ba902b7");
+        let tp = t.traceparent();
+        assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && tp.ends_with("-01"));
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "garbage",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+        let fresh = TraceContext::from_headers(&http::HeaderMap::new());
+        assert!(is_hex(&fresh.trace_id, 32) && is_hex(&fresh.span_id, 16));
+    }
+}

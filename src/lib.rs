@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod ledger;
 pub mod limits;
 pub mod providers;
 pub mod router;

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{AppState, app};
 use crate::config::Settings;
+use crate::ledger::{Ledger, PriceBook, Sink};
 use crate::limits::Limiter;
 use crate::router::{BuildError, Router};
 use crate::shutdown::{self, Trigger};
@@ -24,6 +25,8 @@ pub enum StartError {
     Build(#[from] BuildError),
     #[error("{0}")]
     Limits(String),
+    #[error("{0}")]
+    Ledger(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -64,6 +67,8 @@ pub struct App {
     pub router: axum::Router,
     pub closing: Trigger,
     pub grace: Duration,
+    /// Flushed once the server has stopped.
+    pub ledger: Option<Arc<Ledger>>,
 }
 
 pub fn build_app(settings: &Settings) -> Result<App, StartError> {
@@ -71,12 +76,32 @@ pub fn build_app(settings: &Settings) -> Result<App, StartError> {
     let router = Router::new(settings)?.with_metrics(metrics.clone());
     let limiter = Arc::new(Limiter::new(&settings.limits).map_err(StartError::Limits)?);
     let (trigger, closing) = shutdown::channel();
+    let ledger = if settings.ledger.enabled {
+        Some(
+            Ledger::open(settings.ledger.path.clone(), settings.ledger.queue_size)
+                .map_err(|e| StartError::Ledger(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let sink = ledger.as_ref().map(|l| {
+        let prices = settings
+            .models
+            .iter()
+            .filter_map(|m| Some((m.name.clone(), m.price?)))
+            .collect();
+        Arc::new(Sink {
+            ledger: l.clone(),
+            prices: PriceBook::new(prices),
+        })
+    });
     Ok(App {
         router: app(Arc::new(AppState::new(
-            settings, router, limiter, metrics, closing,
+            settings, router, limiter, metrics, sink, closing,
         ))),
         closing: trigger,
         grace: settings.server.shutdown_grace,
+        ledger,
     })
 }
 
@@ -111,6 +136,7 @@ pub async fn serve(
         router,
         closing,
         grace,
+        ledger,
     } = app;
     // TCP_NODELAY on every client connection: a stream writes many small SSE frames, and
     // with Nagle's algorithm each could wait up to 40 ms for the client's delayed ACK.
@@ -135,7 +161,12 @@ pub async fn serve(
             closing.fire();
         });
     })
-    .await
+    .await?;
+    // Every request has ended (and written its record): flush the ledger.
+    if let Some(l) = ledger {
+        let _ = tokio::task::spawn_blocking(move || l.close()).await;
+    }
+    Ok(())
 }
 
 /// A server running in the background (tests, embedding).

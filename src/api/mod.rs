@@ -1,6 +1,7 @@
 //! HTTP: routes, request ids, auth, body limits, and turning errors into the JSON envelope.
 //! Dialects are known only through [`crate::wire`].
 
+mod admin;
 mod auth;
 mod body;
 mod error;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub keys: KeyRing,
     pub limiter: Arc<Limiter>,
     pub metrics: Arc<Metrics>,
+    /// The usage ledger, when enabled.
+    pub ledger: Option<Arc<crate::ledger::Sink>>,
     pub default_model: Option<String>,
     pub max_request_bytes: usize,
     pub concurrency: Arc<Semaphore>,
@@ -94,6 +97,7 @@ impl AppState {
         router: Router,
         limiter: Arc<Limiter>,
         metrics: Arc<Metrics>,
+        ledger: Option<Arc<crate::ledger::Sink>>,
         closing: Closing,
     ) -> Self {
         Self {
@@ -109,6 +113,7 @@ impl AppState {
             keys: KeyRing::new(&settings.auth),
             limiter,
             metrics,
+            ledger,
             default_model: settings.default_model.clone(),
             max_request_bytes: settings.server.max_request_bytes,
             concurrency: Arc::new(Semaphore::new(
@@ -255,6 +260,8 @@ pub fn app(state: Arc<AppState>) -> HttpRouter {
         .route("/v1/llm/stream", post(llm::stream))
         .route("/llm/completions", post(llm::completions))
         .route("/metrics", get(models::metrics))
+        .route("/admin/usage", get(admin::usage))
+        .route("/admin/requests", get(admin::requests))
         .route("/v1/llm/completions", post(llm::completions))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -172,6 +172,7 @@ pub(crate) async fn serve<D: Dialect>(
     let state = state.0;
     let mut log = RequestLog::new(ctx.id.clone(), D::ENDPOINT, ctx.started)
         .with_metrics(state.metrics.clone());
+    log.ledger = state.ledger.clone();
     // A slot first: bodies are read only by requests being served, so memory stays
     // bounded by max_concurrent_requests × max_request_size, and a request turned away as
     // busy costs no rate limit.

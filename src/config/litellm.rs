@@ -277,6 +277,18 @@ pub(super) fn load(
         if let Some(v) = rest.remove("stream_timeout") {
             ms.timeouts.stream_idle_timeout = Some(duration(&v, &pkey("stream_timeout"))?);
         }
+        let input = rest.remove("input_cost_per_token");
+        let output = rest.remove("output_cost_per_token");
+        if input.is_some() || output.is_some() {
+            let cost = |v: Option<Value>, k: &str| -> Result<f64, ConfigError> {
+                v.map_or(Ok(0.0), |v| number(&v, &pkey(k)))
+            };
+            ms.price = Some(crate::ledger::prices::Price {
+                input: cost(input, "input_cost_per_token")?,
+                output: cost(output, "output_cost_per_token")?,
+                cached_input: None,
+            });
+        }
         warn_unused(&mut s.warnings, &format!("{key}.litellm_params"), &rest);
         s.models.push(ms);
     }

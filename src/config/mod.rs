@@ -233,6 +233,48 @@ impl std::fmt::Debug for VirtualKeySettings {
     }
 }
 
+/// The usage ledger.
+#[derive(Debug, Clone)]
+pub struct LedgerSettings {
+    pub enabled: bool,
+    /// The SQLite file (`sqlite://PATH`; default `llm-proxy.db` in the working directory).
+    pub path: std::path::PathBuf,
+    /// Records waiting to be written before new ones are dropped (and counted).
+    pub queue_size: usize,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: "llm-proxy.db".into(),
+            queue_size: 10_000,
+        }
+    }
+}
+
+/// Parses `ledger.database_url`.
+pub fn ledger_path(url: &str, key: &str) -> Result<std::path::PathBuf, ConfigError> {
+    let url = url.trim();
+    if let Some(p) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        if !p.is_empty() {
+            return Ok(p.into());
+        }
+    }
+    let message = if url.starts_with("postgres") {
+        "a PostgreSQL ledger is not in this build yet; use sqlite://PATH".to_string()
+    } else {
+        format!("`{url}` is not a ledger URL; write sqlite://PATH")
+    };
+    Err(ConfigError::Invalid {
+        key: key.into(),
+        message,
+    })
+}
+
 /// What to do when the shared (Redis) limit store cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnRedisError {
@@ -389,7 +431,7 @@ pub struct ProviderSettings {
     pub mock: MockSettings,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelSettings {
     /// The name clients ask for.
     pub name: String,
@@ -406,6 +448,8 @@ pub struct ModelSettings {
     /// Requests in flight at most; a full deployment is skipped.
     pub max_parallel_requests: Option<u32>,
     pub timeouts: ModelTimeouts,
+    /// USD per token, when configured (else the built-in table's price, if any).
+    pub price: Option<crate::ledger::prices::Price>,
 }
 
 impl ModelSettings {
@@ -420,6 +464,7 @@ impl ModelSettings {
             tpm: None,
             max_parallel_requests: None,
             timeouts: ModelTimeouts::default(),
+            price: None,
         }
     }
 }
@@ -429,6 +474,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub auth: AuthSettings,
     pub limits: LimitsSettings,
+    pub ledger: LedgerSettings,
     pub log_level: String,
     pub default_provider: Option<String>,
     pub default_model: Option<String>,
@@ -447,6 +493,7 @@ impl Default for Settings {
             server: ServerSettings::default(),
             auth: AuthSettings::default(),
             limits: LimitsSettings::default(),
+            ledger: LedgerSettings::default(),
             log_level: "info".into(),
             default_provider: None,
             default_model: None,

@@ -37,6 +37,16 @@ struct File {
     routing: Routing,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    ledger: Ledger,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Ledger {
+    enabled: Option<bool>,
+    database_url: Option<String>,
+    queue_size: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -141,6 +151,9 @@ struct Model {
     first_token_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
     stream_idle_timeout: Option<Duration>,
+    input_cost_per_token: Option<f64>,
+    output_cost_per_token: Option<f64>,
+    cache_read_input_token_cost: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -248,6 +261,16 @@ pub(super) fn load(
     if let Some(t) = l.redis_timeout {
         s.limits.redis_timeout = t;
     }
+    let lg = f.ledger;
+    if let Some(e) = lg.enabled {
+        s.ledger.enabled = e;
+    }
+    if let Some(url) = lg.database_url {
+        s.ledger.path = super::ledger_path(&url, "ledger.database_url")?;
+    }
+    if let Some(n) = lg.queue_size {
+        s.ledger.queue_size = n.max(1);
+    }
     if let Some(l) = f.log_level {
         s.log_level = l;
     }
@@ -292,6 +315,14 @@ pub(super) fn load(
             timeout: m.timeout,
             first_token_timeout: m.first_token_timeout,
             stream_idle_timeout: m.stream_idle_timeout,
+        };
+        ms.price = match (m.input_cost_per_token, m.output_cost_per_token) {
+            (None, None) => None,
+            (i, o) => Some(crate::ledger::prices::Price {
+                input: i.unwrap_or(0.0),
+                output: o.unwrap_or(0.0),
+                cached_input: m.cache_read_input_token_cost,
+            }),
         };
         s.models.push(ms);
     }

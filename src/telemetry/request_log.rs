@@ -67,6 +67,8 @@ pub struct RequestLog {
     pub streaming: bool,
     /// Which rate-limit scope refused the request (`key`, `ip`), for the metric.
     pub limited_by: Option<&'static str>,
+    /// Where the usage record goes.
+    pub ledger: Option<Arc<crate::ledger::Sink>>,
     emitted: bool,
 }
 
@@ -88,6 +90,7 @@ impl RequestLog {
             metrics: None,
             streaming: false,
             limited_by: None,
+            ledger: None,
             emitted: false,
         }
     }
@@ -142,6 +145,43 @@ impl RequestLog {
         let tokens_out = usage.map(|u| u.completion_tokens);
         let tokens_per_sec = self.stats.tokens_per_sec(latency);
         let error_code = self.error.as_ref().map(|e| e.code.as_str());
+        if let Some(sink) = &self.ledger {
+            let cost = match (usage, dep) {
+                (Some(u), Some(d)) => sink
+                    .prices
+                    .price(&d.model, &d.upstream_model)
+                    .map(|p| p.cost(&u)),
+                _ => None,
+            };
+            let at_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            sink.ledger.record(crate::ledger::UsageRecord {
+                at_ms,
+                request_id: self.request_id.to_string(),
+                trace_id: self.trace_id.clone(),
+                key: self.key.clone(),
+                endpoint: self.endpoint.to_owned(),
+                model: self.model.as_deref().map(str::to_owned),
+                provider: dep.map(|d| d.provider.name.clone()),
+                deployment: dep.map(|d| d.id.to_string()),
+                status: self.status,
+                result: result.to_owned(),
+                error_code: error_code.map(str::to_owned),
+                stream: self.stream,
+                attempts: self.outcome.attempts,
+                tokens_in: usage.map(|u| u.prompt_tokens),
+                tokens_out,
+                tokens_cached: usage.and_then(|u| u.cached_tokens),
+                tokens_reasoning: usage.and_then(|u| u.reasoning_tokens),
+                cost_usd: cost,
+                latency_ms: ms(latency),
+                ttft_ms: self.stats.ttft.map(ms),
+                chunks: self.stats.chunks,
+                finish_reason: self.stats.finish.map(|f| f.as_str().to_owned()),
+            });
+        }
         let error_message = self.error.as_ref().map(|e| e.message.as_str());
         // `tracing` needs the level at compile time, so the one field list is a macro.
         macro_rules! line {

@@ -427,6 +427,10 @@ pub async fn proxy_with_env(yaml: &str, env: HashMap<String, String>) -> Running
     config::apply_env_overrides(&mut s, &env).unwrap();
     s.server.host = "127.0.0.1".into();
     s.server.port = 0;
+    // Tests that are not about the ledger do not write one.
+    if !yaml.contains("ledger:") {
+        s.ledger.enabled = false;
+    }
     llm_proxy::server::spawn(&s).await.unwrap()
 }
 

@@ -1,0 +1,182 @@
+//! The usage ledger over real sockets: one row per request (including client disconnects
+//! and errors) after a burst, costs from the price table and config, usage aggregates and
+//! the recent-request history on the admin API, a flush on graceful shutdown, and no key
+//! anywhere in it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+const MASTER: &str = "ledger-master-0123456789";
+const TEAM: &str = "ledger-team-key-0123456789";
+
+fn db_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("llm-proxy-ledger-{}.db", uuid::Uuid::new_v4()))
+}
+
+fn config(db: &std::path::Path) -> String {
+    format!(
+        "providers: {{ mock: {{ kind: mock }}, slow: {{ kind: mock }} }}\n\
+         models:\n  - {{ name: priced, provider: mock, model: gpt-4o-mini }}\n  \
+         - {{ name: custom, provider: mock, model: mock-small, input_cost_per_token: 0.001, output_cost_per_token: 0.002 }}\n  \
+         - {{ name: slow, provider: slow, model: slow-n40-d50 }}\n\
+         auth:\n  master_key: {MASTER}\n  keys:\n    - {{ name: team, key: {TEAM} }}\n\
+         ledger: {{ database_url: 'sqlite://{}' }}\n",
+        db.display()
+    )
+}
+
+async fn post(url: &str, key: &str, model: &str, stream: bool) -> reqwest::Response {
+    client()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&json!({"model": model, "stream": stream,
+                      "messages": [{"role": "user", "content": "hello ledger"}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn rows(db: &std::path::Path, sql: &str) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[tokio::test]
+async fn one_row_per_request_costs_admin_api_and_a_flush_on_shutdown() {
+    let db = db_path();
+    let mut px = proxy(&config(&db)).await;
+    let url = px.url();
+
+    // A burst of mixed requests: replies, streams, errors, and clients that hang up.
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            match i % 5 {
+                0 => {
+                    let _ = post(&url, TEAM, "priced", false).await.text().await;
+                }
+                1 => {
+                    let _ = post(&url, MASTER, "custom", true).await.text().await;
+                }
+                2 => {
+                    let _ = post(&url, TEAM, "no-such-model", false).await.text().await;
+                }
+                3 => {
+                    // Hang up mid-stream.
+                    let resp = post(&url, MASTER, "slow", true).await;
+                    let mut r = SseReader::new(resp);
+                    let _ = r.next().await;
+                }
+                _ => {
+                    let _ = post(&url, MASTER, "priced", false).await.text().await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // disconnects are logged
+
+    // The admin API: recent requests and aggregates (master key only).
+    let get = |path: &str, key: &str| {
+        let (url, path, key) = (url.clone(), path.to_owned(), key.to_owned());
+        async move {
+            client()
+                .get(format!("{url}{path}"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(get("/admin/requests", TEAM).await.status(), 403);
+    let recent: Value = get("/admin/requests?limit=5", MASTER)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(recent["requests"].as_array().unwrap().len(), 5);
+    let one = &recent["requests"][0];
+    for field in [
+        "request_id",
+        "endpoint",
+        "status",
+        "result",
+        "latency_ms",
+        "chunks",
+    ] {
+        assert!(!one[field].is_null(), "{field} missing: {one}");
+    }
+    // Let the writer catch up, then aggregate.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let usage: Value = get("/admin/usage?group_by=key&since=1h", MASTER)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let team = usage["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == "team")
+        .unwrap()
+        .clone();
+    assert_eq!(team["requests"], 80, "{usage}");
+    assert_eq!(team["errors"], 40, "the unknown-model requests");
+    assert!(team["cost_usd"].as_f64().unwrap() > 0.0);
+
+    // Graceful shutdown flushes the queue: exactly one row per request.
+    px.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), px.handle)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(rows(&db, "SELECT COUNT(*) FROM requests"), 200);
+    assert_eq!(
+        rows(&db, "SELECT COUNT(DISTINCT request_id) FROM requests"),
+        200
+    );
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT COUNT(*) FROM requests WHERE result = 'client_closed'"
+        ),
+        40
+    );
+    // gpt-4o-mini from the built-in table; `custom` from the config: 0.001/0.002 per token.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (tin, tout, cost): (i64, i64, f64) = conn
+        .query_row(
+            "SELECT tokens_in, tokens_out, cost_usd FROM requests WHERE model = 'custom' LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert!((cost - (tin as f64 * 0.001 + tout as f64 * 0.002)).abs() < 1e-9);
+    let priced: f64 = conn
+        .query_row(
+            "SELECT cost_usd FROM requests WHERE model = 'priced' AND status = 200 LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(priced > 0.0 && priced < 0.001);
+    // No key anywhere in the ledger.
+    let dump: String = conn
+        .query_row(
+            "SELECT group_concat(COALESCE(key_name,'') || request_id || COALESCE(trace_id,''), ',') FROM requests",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!dump.contains(TEAM) && !dump.contains(MASTER));
+    let _ = std::fs::remove_file(&db);
+}

@@ -16,19 +16,22 @@ pub enum ErrorCode {
     NotFound,
     PayloadTooLarge,
     RateLimit,
+    /// A virtual key spent its `max_budget_usd` for the period (429).
+    BudgetExceeded,
     ProviderError,
     Unavailable,
     Timeout,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
         ErrorCode::PayloadTooLarge,
         ErrorCode::RateLimit,
+        ErrorCode::BudgetExceeded,
         ErrorCode::ProviderError,
         ErrorCode::Unavailable,
         ErrorCode::Timeout,
@@ -41,7 +44,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::RateLimit => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimit | ErrorCode::BudgetExceeded => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::ProviderError => StatusCode::BAD_GATEWAY,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -56,6 +59,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorCode::RateLimit => "RATE_LIMIT",
+            ErrorCode::BudgetExceeded => "BUDGET_EXCEEDED",
             ErrorCode::ProviderError => "PROVIDER_ERROR",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Timeout => "TIMEOUT",
@@ -71,6 +75,8 @@ impl ErrorCode {
             ErrorCode::Forbidden => "permission_error",
             ErrorCode::NotFound => "not_found_error",
             ErrorCode::RateLimit => "rate_limit_error",
+            // OpenAI's type for a spent quota.
+            ErrorCode::BudgetExceeded => "insufficient_quota",
             ErrorCode::ProviderError => "api_error",
             ErrorCode::Unavailable => "service_unavailable_error",
             ErrorCode::Timeout => "timeout_error",
@@ -169,6 +175,7 @@ mod tests {
             (404, "NOT_FOUND"),
             (413, "PAYLOAD_TOO_LARGE"),
             (429, "RATE_LIMIT"),
+            (429, "BUDGET_EXCEEDED"),
             (502, "PROVIDER_ERROR"),
             (503, "UNAVAILABLE"),
             (504, "TIMEOUT"),

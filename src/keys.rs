@@ -14,6 +14,14 @@ pub struct VirtualKey {
     pub name: String,
     models: Vec<String>,
     pub limits: RateLimits,
+    /// USD it may spend per period (no period: ever), from the ledger.
+    pub budget: Option<Budget>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub max_usd: f64,
+    pub period: Option<std::time::Duration>,
 }
 
 impl VirtualKey {
@@ -69,6 +77,10 @@ impl KeyRing {
                             name: k.name.clone(),
                             models: k.models.clone(),
                             limits: k.limits,
+                            budget: k.max_budget_usd.map(|max_usd| Budget {
+                                max_usd,
+                                period: k.budget_period,
+                            }),
                         }),
                     )
                 })

@@ -90,10 +90,7 @@ pub fn build_app(settings: &Settings) -> Result<App, StartError> {
             .iter()
             .filter_map(|m| Some((m.name.clone(), m.price?)))
             .collect();
-        Arc::new(Sink {
-            ledger: l.clone(),
-            prices: PriceBook::new(prices),
-        })
+        Arc::new(Sink::new(l.clone(), PriceBook::new(prices)))
     });
     Ok(App {
         router: app(Arc::new(AppState::new(

@@ -180,3 +180,34 @@ async fn one_row_per_request_costs_admin_api_and_a_flush_on_shutdown() {
     assert!(!dump.contains(TEAM) && !dump.contains(MASTER));
     let _ = std::fs::remove_file(&db);
 }
+
+#[tokio::test]
+async fn a_spent_budget_is_429_budget_exceeded() {
+    let db = db_path();
+    let yaml = format!(
+        "providers: {{ mock: {{ kind: mock }} }}\n\
+         models:\n  - {{ name: custom, provider: mock, model: mock-small, input_cost_per_token: 0.001, output_cost_per_token: 0.002 }}\n\
+         auth:\n  master_key: {MASTER}\n  keys:\n    - {{ name: team, key: {TEAM}, max_budget_usd: 0.01, budget_period: 30d }}\n\
+         ledger: {{ database_url: 'sqlite://{}' }}\n",
+        db.display()
+    );
+    let px = proxy(&yaml).await;
+    // One reply costs ~0.03 USD (a few tokens at 0.001/0.002): the budget is spent.
+    assert_eq!(post(&px.url(), TEAM, "custom", false).await.status(), 200);
+    let resp = post(&px.url(), TEAM, "custom", false).await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "BUDGET_EXCEEDED");
+    assert_eq!(v["error"]["type"], "insufficient_quota");
+    assert!(v["error"]["message"].as_str().unwrap().contains("team"));
+    // The master key has no budget.
+    assert_eq!(post(&px.url(), MASTER, "custom", false).await.status(), 200);
+
+    // A restart reads the spend back from the ledger.
+    drop(px);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let px = proxy(&yaml).await;
+    assert_eq!(post(&px.url(), TEAM, "custom", false).await.status(), 429);
+    let _ = std::fs::remove_file(&db);
+}

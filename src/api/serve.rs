@@ -201,6 +201,34 @@ pub(crate) async fn serve<D: Dialect>(
             );
             return fail::<D>(log, e, &ctx);
         }
+        if let (Some(b), Some(sink)) = (k.budget, &state.ledger) {
+            log.budget = Some(b);
+            let spent = sink.spent(&k.name, b.period).await;
+            if spent >= b.max_usd {
+                let mut e = ProxyError::new(
+                    ErrorCode::BudgetExceeded,
+                    format!(
+                        "key `{}` has spent ${spent:.4} of its ${:.4} budget{}",
+                        k.name,
+                        b.max_usd,
+                        if b.period.is_some() {
+                            " for this period"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+                if let Some(p) = b.period {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    let p_ms = p.as_millis().max(1);
+                    let left = p_ms - now.as_millis() % p_ms;
+                    e = e.with_retry_after(Duration::from_millis(left as u64));
+                }
+                return fail::<D>(log, e, &ctx);
+            }
+        }
     }
     let route = match state.router.resolve(&req.model) {
         Ok(r) => r,

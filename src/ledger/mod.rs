@@ -393,10 +393,73 @@ impl GroupBy {
     }
 }
 
-/// Where request logs send their usage: the ledger, with the prices to cost it.
+/// Where request logs send their usage: the ledger, with the prices to cost it, and each
+/// budgeted key's spend in its current period (loaded from the ledger once, then kept up
+/// to date as records pass, so a budget check does not query the database).
 pub struct Sink {
     pub ledger: Arc<Ledger>,
     pub prices: PriceBook,
+    spend: Mutex<HashMap<String, (i64, f64)>>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The start of the budget period containing `now` (periods are aligned to the Unix
+/// epoch; no period: since the beginning).
+fn window_start(now: i64, period: Option<Duration>) -> i64 {
+    match period.map(|p| p.as_millis() as i64).filter(|p| *p > 0) {
+        Some(p) => now - now.rem_euclid(p),
+        None => 0,
+    }
+}
+
+impl Sink {
+    pub fn new(ledger: Arc<Ledger>, prices: PriceBook) -> Self {
+        Self {
+            ledger,
+            prices,
+            spend: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// What `key` has spent in its current budget period.
+    pub async fn spent(&self, key: &str, period: Option<Duration>) -> f64 {
+        let start = window_start(now_ms(), period);
+        if let Some((s, spent)) = self.spend.lock().ok().and_then(|m| m.get(key).copied()) {
+            if s == start {
+                return spent;
+            }
+        }
+        let ledger = self.ledger.clone();
+        let k = key.to_owned();
+        let spent = tokio::task::spawn_blocking(move || ledger.spend(&k, start))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0.0);
+        if let Ok(mut m) = self.spend.lock() {
+            m.insert(key.to_owned(), (start, spent));
+        }
+        spent
+    }
+
+    /// Counts a request's cost towards its key's current period (once the key's spend
+    /// was loaded; otherwise the ledger has it when it is).
+    pub fn add_spend(&self, key: &str, cost: f64, period: Option<Duration>) {
+        let start = window_start(now_ms(), period);
+        if let Ok(mut m) = self.spend.lock() {
+            match m.get_mut(key) {
+                Some((s, spent)) if *s == start => *spent += cost,
+                Some(entry) => *entry = (start, cost),
+                None => {}
+            }
+        }
+    }
 }
 
 /// Prices per model: configured overrides, then the built-in table.

@@ -69,6 +69,8 @@ pub struct RequestLog {
     pub limited_by: Option<&'static str>,
     /// Where the usage record goes.
     pub ledger: Option<Arc<crate::ledger::Sink>>,
+    /// The key's budget, which this request's cost counts towards.
+    pub budget: Option<crate::keys::Budget>,
     emitted: bool,
 }
 
@@ -91,6 +93,7 @@ impl RequestLog {
             streaming: false,
             limited_by: None,
             ledger: None,
+            budget: None,
             emitted: false,
         }
     }
@@ -153,6 +156,9 @@ impl RequestLog {
                     .map(|p| p.cost(&u)),
                 _ => None,
             };
+            if let (Some(k), Some(b), Some(c)) = (&self.key, self.budget, cost) {
+                sink.add_spend(k, c, b.period);
+            }
             let at_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)

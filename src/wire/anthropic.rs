@@ -1161,7 +1161,7 @@ pub fn error_type(code: crate::error::ErrorCode) -> &'static str {
         C::Forbidden => "permission_error",
         C::NotFound => "not_found_error",
         C::PayloadTooLarge => "request_too_large",
-        C::RateLimit => "rate_limit_error",
+        C::RateLimit | C::BudgetExceeded => "rate_limit_error",
         C::ProviderError => "api_error",
         C::Unavailable => "overloaded_error",
         C::Timeout => "timeout_error",

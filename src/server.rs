@@ -78,7 +78,7 @@ pub fn build_app(settings: &Settings) -> Result<App, StartError> {
     let (trigger, closing) = shutdown::channel();
     let ledger = if settings.ledger.enabled {
         Some(
-            Ledger::open(settings.ledger.path.clone(), settings.ledger.queue_size)
+            Ledger::open(settings.ledger.store.clone(), settings.ledger.queue_size)
                 .map_err(|e| StartError::Ledger(e.to_string()))?,
         )
     } else {

@@ -151,7 +151,7 @@ fn bad_litellm_configs_name_the_key_and_unsupported_keys_warn() {
         "model_list:\n  - model_name: a\n    litellm_params: { model: openai/a, api_base: 'http://h/v1', rpm: 10, weird: 1 }\n\
          router_settings: { routing_strategy: least-busy, num_retries: 3 }\n\
          litellm_settings: { set_verbose: true, cache: true }\n\
-         general_settings: { master_key: sk-1234, database_url: 'sqlite:///x' }\n\
+         general_settings: { master_key: sk-1234, database_url: 'postgres://u:pw-0123456789@db/llm', alerting: [slack] }\n\
          environment_variables: { FOO: bar }\n",
         "l.yaml",
         &HashMap::new(),
@@ -162,9 +162,18 @@ fn bad_litellm_configs_name_the_key_and_unsupported_keys_warn() {
         "model_list[0].litellm_params.weird",
         "litellm_settings.set_verbose",
         "litellm_settings.cache",
-        "general_settings.database_url",
+        "general_settings.alerting",
     ] {
         assert!(w.contains(key), "no warning for {key}: {w}");
+    }
+    // LiteLLM's database becomes the shared ledger, its URL a secret.
+    assert!(!w.contains("database_url"), "{w}");
+    match &s.ledger.store {
+        llm_proxy::ledger::Store::Postgres(url) => {
+            assert_eq!(url.expose(), "postgres://u:pw-0123456789@db/llm");
+            assert!(!format!("{:?}", s.ledger).contains("pw-0123456789"));
+        }
+        other => panic!("not a PostgreSQL ledger: {other:?}"),
     }
     assert!(
         !w.contains("routing_strategy") && !w.contains(".rpm"),
@@ -225,8 +234,18 @@ fn env_overrides_win_and_bad_values_name_the_variable() {
         ("LLM_PROXY__DEFAULT_MODEL", "mock-small"),
         ("LLM_PROXY__LOG_LEVEL", "DEBUG"),
         ("LLM_PROXY__LLM_MODE", "mock"),
+        (
+            "LLM_PROXY__LEDGER_DATABASE_URL",
+            "sqlite:///var/lib/llm-proxy/ledger.db",
+        ),
     ]);
     let s = config::load(None, &e).unwrap();
+    match &s.ledger.store {
+        llm_proxy::ledger::Store::Sqlite(p) => {
+            assert_eq!(p, std::path::Path::new("/var/lib/llm-proxy/ledger.db"));
+        }
+        other => panic!("{other:?}"),
+    }
     assert_eq!(s.server.port, 9100);
     assert_eq!(s.server.host, "0.0.0.0");
     assert_eq!(s.auth.master_key.unwrap().expose(), "k-env");
@@ -244,6 +263,13 @@ fn env_overrides_win_and_bad_values_name_the_variable() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("LLM_PROXY__REQUEST_TIMEOUT"), "{msg}");
+    let msg = config::load(
+        None,
+        &env(&[("LLM_PROXY__LEDGER_DATABASE_URL", "mysql://x")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(msg.contains("LLM_PROXY__LEDGER_DATABASE_URL"), "{msg}");
 }
 
 #[test]

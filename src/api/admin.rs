@@ -78,18 +78,19 @@ pub async fn usage(
             },
         },
     };
-    let ledger = sink.ledger.clone();
-    let rows = tokio::task::spawn_blocking(move || ledger.usage(group, since)).await;
-    match rows {
-        Ok(Ok(rows)) => Json(json!({
+    match sink.ledger.usage(group, since).await {
+        Ok(rows) => Json(json!({
             "since_ms": since,
             "group_by": q.group_by.as_deref().unwrap_or("model"),
             "groups": rows,
             "dropped_records": sink.ledger.dropped(),
         }))
         .into_response(),
-        _ => ApiError::new(
-            ProxyError::new(ErrorCode::Unavailable, "the usage ledger could not be read"),
+        Err(e) => ApiError::new(
+            {
+                tracing::warn!("admin usage: {e}");
+                ProxyError::new(ErrorCode::Unavailable, "the usage ledger could not be read")
+            },
             &ctx,
         )
         .into_response(),

@@ -63,6 +63,15 @@ pub fn apply_env_overrides(s: &mut Settings, env: &dyn EnvSource) -> Result<(), 
             s.default_model = Some(v.trim().to_owned());
         }
     }
+    // The ledger's database, for either config format (its URL may hold a password, so
+    // it belongs in the environment rather than the file).
+    if let Some(v) = env.var("LLM_PROXY__LEDGER_DATABASE_URL") {
+        s.ledger.store =
+            crate::ledger::Store::parse(&v).map_err(|message| ConfigError::EnvOverride {
+                var: "LLM_PROXY__LEDGER_DATABASE_URL".into(),
+                message,
+            })?;
+    }
     for (var, why) in RETIRED {
         if env.var(var).is_some() {
             s.warnings.push(format!("{var} is ignored: {why}"));

@@ -131,6 +131,27 @@ pub(super) fn load(
         let mb = number(&v, "general_settings.max_request_size_mb")?;
         s.server.max_request_bytes = mb_to_bytes(mb, "general_settings.max_request_size_mb")?;
     }
+    // LiteLLM keeps spend in PostgreSQL at `database_url`; the ledger writes its own
+    // `llm_proxy_*` tables there, beside (never into) LiteLLM's. Any other URL belongs to
+    // some other program's database (e.g. a Python proxy's SQLite file, whose tables the
+    // ledger must not share), so it is left alone, with a warning.
+    if let Some(v) = f.general_settings.remove("database_url") {
+        let key = "general_settings.database_url";
+        match scalar_string(&v, key)? {
+            Some(url) if url.trim_start().starts_with("postgres") => {
+                s.ledger.store =
+                    crate::ledger::Store::parse(&url).map_err(|message| ConfigError::Invalid {
+                        key: key.into(),
+                        message,
+                    })?;
+            }
+            Some(_) => s.warnings.push(format!(
+                "`{key}` is ignored: only a PostgreSQL URL is used (as the shared usage \
+                 ledger); set LLM_PROXY__LEDGER_DATABASE_URL for a SQLite file"
+            )),
+            None => {}
+        }
+    }
     warn_unused(&mut s.warnings, "general_settings", &f.general_settings);
 
     // litellm_settings, then router_settings (which wins, as in LiteLLM's router)

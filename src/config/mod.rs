@@ -237,8 +237,9 @@ impl std::fmt::Debug for VirtualKeySettings {
 #[derive(Debug, Clone)]
 pub struct LedgerSettings {
     pub enabled: bool,
-    /// The SQLite file (`sqlite://PATH`; default `llm-proxy.db` in the working directory).
-    pub path: std::path::PathBuf,
+    /// `ledger.database_url`: a SQLite file (default `llm-proxy.db` in the working
+    /// directory) or a PostgreSQL database.
+    pub store: crate::ledger::Store,
     /// Records waiting to be written before new ones are dropped (and counted).
     pub queue_size: usize,
 }
@@ -247,32 +248,10 @@ impl Default for LedgerSettings {
     fn default() -> Self {
         Self {
             enabled: true,
-            path: "llm-proxy.db".into(),
+            store: crate::ledger::Store::Sqlite("llm-proxy.db".into()),
             queue_size: 10_000,
         }
     }
-}
-
-/// Parses `ledger.database_url`.
-pub fn ledger_path(url: &str, key: &str) -> Result<std::path::PathBuf, ConfigError> {
-    let url = url.trim();
-    if let Some(p) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    {
-        if !p.is_empty() {
-            return Ok(p.into());
-        }
-    }
-    let message = if url.starts_with("postgres") {
-        "a PostgreSQL ledger is not in this build yet; use sqlite://PATH".to_string()
-    } else {
-        format!("`{url}` is not a ledger URL; write sqlite://PATH")
-    };
-    Err(ConfigError::Invalid {
-        key: key.into(),
-        message,
-    })
 }
 
 /// What to do when the shared (Redis) limit store cannot be reached.

@@ -1,13 +1,15 @@
 //! The usage ledger: one record per request (time, request id, key name, model,
-//! deployment, tokens, cost, latency, time to first token, status), written to SQLite by a
-//! background thread in batches. The request path only hands a record to a bounded queue:
-//! it never waits on the database. A full queue counts and logs what it drops (never
+//! deployment, tokens, cost, latency, time to first token, status), written to SQLite (one
+//! replica) or PostgreSQL (replicas sharing one ledger) by a background thread in batches.
+//! The request path only hands a record to a bounded queue: it never waits on the database. A full queue counts and logs what it drops (never
 //! silently, never unbounded memory); a graceful shutdown flushes what is queued.
 //!
 //! The recent records also stay in memory (a bounded ring) for `GET /admin/requests`, the
 //! spec's simplified request and stream history.
 
+mod postgres;
 pub mod prices;
+mod sqlite;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -18,6 +20,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+use crate::secret::Secret;
 
 /// One request, as the ledger keeps it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -58,6 +62,40 @@ pub enum LedgerError {
     Query(String),
 }
 
+/// Where the ledger lives.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// A SQLite file: one replica, nothing else to run.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (it may hold a password, so it is a secret).
+    Postgres(Secret),
+}
+
+impl Store {
+    /// Parses `ledger.database_url`: `sqlite://PATH`, `sqlite:PATH`, `postgres://…` or
+    /// `postgresql://…`.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let url = url.trim();
+        if let Some(p) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            if !p.is_empty() {
+                return Ok(Store::Sqlite(p.into()));
+            }
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Store::Postgres(Secret::new(url)));
+        }
+        Err("not a ledger URL; write sqlite://PATH or postgres://USER:PASSWORD@HOST/DB".into())
+    }
+}
+
+/// Writes one batch; an error keeps the batch for another try.
+trait BatchWriter {
+    fn write(&mut self, batch: &[UsageRecord]) -> Result<(), String>;
+}
+
 /// How much the writer gathers before writing (or after how long it writes anyway).
 const BATCH: usize = 500;
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
@@ -65,169 +103,13 @@ const FLUSH_EVERY: Duration = Duration::from_millis(500);
 const RECENT: usize = 1000;
 
 pub struct Ledger {
-    path: PathBuf,
+    store: Store,
     tx: Mutex<Option<SyncSender<UsageRecord>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     dropped: AtomicU64,
     written: Arc<AtomicU64>,
     recent: Mutex<VecDeque<UsageRecord>>,
     last_drop_warning: Mutex<Option<Instant>>,
-}
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS requests (
-    id INTEGER PRIMARY KEY,
-    at_ms INTEGER NOT NULL,
-    request_id TEXT NOT NULL,
-    trace_id TEXT,
-    key_name TEXT,
-    endpoint TEXT NOT NULL,
-    model TEXT,
-    provider TEXT,
-    deployment TEXT,
-    status INTEGER NOT NULL,
-    result TEXT NOT NULL,
-    error_code TEXT,
-    stream INTEGER NOT NULL,
-    attempts INTEGER NOT NULL,
-    tokens_in INTEGER,
-    tokens_out INTEGER,
-    tokens_cached INTEGER,
-    tokens_reasoning INTEGER,
-    cost_usd REAL,
-    latency_ms REAL NOT NULL,
-    ttft_ms REAL,
-    chunks INTEGER NOT NULL,
-    finish_reason TEXT
-);
-CREATE INDEX IF NOT EXISTS requests_at ON requests (at_ms);
-CREATE INDEX IF NOT EXISTS requests_key_at ON requests (key_name, at_ms);
-";
-
-/// The schema this build writes; older databases are migrated at start.
-const SCHEMA_VERSION: i64 = 1;
-
-fn open(path: &std::path::Path) -> Result<rusqlite::Connection, LedgerError> {
-    let err = |e: rusqlite::Error| LedgerError::Open {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let conn = rusqlite::Connection::open(path).map_err(err)?;
-    // WAL: readers (the admin API) never block the writer; NORMAL sync is durable
-    // across a process crash, which is what a ledger of requests needs.
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
-        .map_err(err)?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-    Ok(conn)
-}
-
-fn migrate(conn: &rusqlite::Connection, path: &std::path::Path) -> Result<(), LedgerError> {
-    let err = |e: rusqlite::Error| LedgerError::Open {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    conn.execute_batch(SCHEMA).map_err(err)?;
-    let version: Option<i64> = conn
-        .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
-        .map_err(err)?;
-    match version {
-        None => {
-            conn.execute(
-                "INSERT INTO schema_version (version) VALUES (?1)",
-                [SCHEMA_VERSION],
-            )
-            .map_err(err)?;
-        }
-        Some(v) if v > SCHEMA_VERSION => {
-            return Err(LedgerError::Open {
-                path: path.display().to_string(),
-                message: format!(
-                    "written by a newer llm-proxy (schema {v}; this build knows {SCHEMA_VERSION})"
-                ),
-            });
-        }
-        Some(_) => {}
-    }
-    Ok(())
-}
-
-fn write_batch(conn: &mut rusqlite::Connection, batch: &[UsageRecord]) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO requests (at_ms, request_id, trace_id, key_name, endpoint, model, provider,
-             deployment, status, result, error_code, stream, attempts, tokens_in, tokens_out,
-             tokens_cached, tokens_reasoning, cost_usd, latency_ms, ttft_ms, chunks, finish_reason)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                     ?18, ?19, ?20, ?21, ?22)",
-        )?;
-        for r in batch {
-            stmt.execute(rusqlite::params![
-                r.at_ms,
-                r.request_id,
-                r.trace_id,
-                r.key,
-                r.endpoint,
-                r.model,
-                r.provider,
-                r.deployment,
-                r.status,
-                r.result,
-                r.error_code,
-                r.stream,
-                r.attempts,
-                r.tokens_in.map(|v| v as i64),
-                r.tokens_out.map(|v| v as i64),
-                r.tokens_cached.map(|v| v as i64),
-                r.tokens_reasoning.map(|v| v as i64),
-                r.cost_usd,
-                r.latency_ms,
-                r.ttft_ms,
-                r.chunks as i64,
-                r.finish_reason,
-            ])?;
-        }
-    }
-    tx.commit()
-}
-
-/// The writer thread: batches of up to `BATCH` records, or whatever came in
-/// `FLUSH_EVERY`; on a failed write it keeps the batch and tries again shortly, so a busy
-/// or briefly unwritable database loses nothing queued.
-fn writer(mut conn: rusqlite::Connection, rx: Receiver<UsageRecord>, written: Arc<AtomicU64>) {
-    let mut batch: Vec<UsageRecord> = Vec::with_capacity(BATCH);
-    let mut closed = false;
-    while !closed || !batch.is_empty() {
-        if !closed {
-            match rx.recv_timeout(FLUSH_EVERY) {
-                Ok(r) => {
-                    batch.push(r);
-                    while batch.len() < BATCH {
-                        match rx.try_recv() {
-                            Ok(r) => batch.push(r),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => closed = true,
-            }
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        match write_batch(&mut conn, &batch) {
-            Ok(()) => {
-                written.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                batch.clear();
-            }
-            Err(e) => {
-                tracing::warn!(records = batch.len(), "ledger write failed, retrying: {e}");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
 }
 
 /// One group of `GET /admin/usage`.
@@ -244,22 +126,49 @@ pub struct UsageGroup {
 }
 
 impl Ledger {
-    /// Opens (and migrates) the database and starts the writer.
-    pub fn open(path: PathBuf, queue: usize) -> Result<Arc<Self>, LedgerError> {
-        let conn = open(&path)?;
-        migrate(&conn, &path)?;
+    /// Opens (and migrates) the database and starts the writer. An unreachable database
+    /// fails the start: a ledger that silently records nothing is worse than none. The
+    /// writer thread opens its own connection (PostgreSQL's runs on a runtime of the
+    /// thread's own); the start waits for it once.
+    pub fn open(store: Store, queue: usize) -> Result<Arc<Self>, LedgerError> {
         let (tx, rx) = sync_channel(queue.max(1));
+        let (ready_tx, ready_rx) = sync_channel::<Result<(), LedgerError>>(1);
         let written = Arc::new(AtomicU64::new(0));
         let w = written.clone();
+        let target = store.clone();
         let handle = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || writer(conn, rx, w))
+            .spawn(move || {
+                let sink: Result<Box<dyn BatchWriter>, LedgerError> = match &target {
+                    Store::Sqlite(path) => sqlite::writer(path).map(|w| Box::new(w) as _),
+                    Store::Postgres(url) => postgres::writer(url).map(|w| Box::new(w) as _),
+                };
+                match sink {
+                    Ok(sink) => {
+                        let _ = ready_tx.send(Ok(()));
+                        writer(sink, rx, w);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
             .map_err(|e| LedgerError::Open {
-                path: path.display().to_string(),
+                path: "ledger".into(),
                 message: format!("cannot start the writer: {e}"),
             })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(LedgerError::Open {
+                    path: "ledger".into(),
+                    message: "the writer stopped while opening".into(),
+                });
+            }
+        }
         Ok(Arc::new(Self {
-            path,
+            store,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             dropped: AtomicU64::new(0),
@@ -330,47 +239,85 @@ impl Ledger {
     }
 
     /// A key's spend since `since_ms` (for budgets).
-    pub fn spend(&self, key: &str, since_ms: i64) -> Result<f64, LedgerError> {
-        let conn = open(&self.path)?;
-        conn.query_row(
-            "SELECT COALESCE(SUM(cost_usd), 0) FROM requests WHERE key_name = ?1 AND at_ms >= ?2",
-            rusqlite::params![key, since_ms],
-            |r| r.get(0),
-        )
-        .map_err(|e| LedgerError::Query(e.to_string()))
+    pub async fn spend(&self, key: &str, since_ms: i64) -> Result<f64, LedgerError> {
+        match &self.store {
+            Store::Sqlite(path) => {
+                let (path, key) = (path.clone(), key.to_owned());
+                tokio::task::spawn_blocking(move || sqlite::spend(&path, &key, since_ms))
+                    .await
+                    .map_err(|e| LedgerError::Query(e.to_string()))?
+            }
+            Store::Postgres(url) => postgres::spend(url, key, since_ms).await,
+        }
     }
 
     /// Requests, tokens, cost and latency grouped by `key`, `model` or `provider` since
     /// `since_ms`.
-    pub fn usage(&self, group_by: GroupBy, since_ms: i64) -> Result<Vec<UsageGroup>, LedgerError> {
-        let column = match group_by {
-            GroupBy::Key => "key_name",
-            GroupBy::Model => "model",
-            GroupBy::Provider => "provider",
-        };
-        let conn = open(&self.path)?;
-        let sql = format!(
-            "SELECT {column}, COUNT(*), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END),
-                    COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0),
-                    COALESCE(SUM(cost_usd), 0), AVG(latency_ms)
-             FROM requests WHERE at_ms >= ?1 GROUP BY {column} ORDER BY COUNT(*) DESC"
-        );
-        let q = |e: rusqlite::Error| LedgerError::Query(e.to_string());
-        let mut stmt = conn.prepare(&sql).map_err(q)?;
-        let rows = stmt
-            .query_map([since_ms], |r| {
-                Ok(UsageGroup {
-                    group: r.get(0)?,
-                    requests: r.get::<_, i64>(1)? as u64,
-                    errors: r.get::<_, i64>(2)? as u64,
-                    tokens_in: r.get::<_, i64>(3)? as u64,
-                    tokens_out: r.get::<_, i64>(4)? as u64,
-                    cost_usd: r.get(5)?,
-                    avg_latency_ms: r.get::<_, Option<f64>>(6)?.unwrap_or(0.0),
-                })
-            })
-            .map_err(q)?;
-        rows.collect::<Result<_, _>>().map_err(q)
+    pub async fn usage(
+        &self,
+        group_by: GroupBy,
+        since_ms: i64,
+    ) -> Result<Vec<UsageGroup>, LedgerError> {
+        match &self.store {
+            Store::Sqlite(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || sqlite::usage(&path, group_by, since_ms))
+                    .await
+                    .map_err(|e| LedgerError::Query(e.to_string()))?
+            }
+            Store::Postgres(url) => postgres::usage(url, group_by, since_ms).await,
+        }
+    }
+}
+
+/// The writer thread: batches of up to `BATCH` records, or whatever came in
+/// `FLUSH_EVERY`; on a failed write it keeps the batch and tries again shortly, so a busy
+/// or briefly unreachable database loses nothing queued. Once the ledger is closed it
+/// tries a bounded number of times, so a dead database cannot hold the shutdown forever.
+fn writer(mut sink: Box<dyn BatchWriter>, rx: Receiver<UsageRecord>, written: Arc<AtomicU64>) {
+    const RETRIES_AFTER_CLOSE: u32 = 25;
+    let mut batch: Vec<UsageRecord> = Vec::with_capacity(BATCH);
+    let mut closed = false;
+    let mut failures_after_close = 0;
+    while !closed || !batch.is_empty() {
+        if !closed {
+            match rx.recv_timeout(FLUSH_EVERY) {
+                Ok(r) => {
+                    batch.push(r);
+                    while batch.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(r) => batch.push(r),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => closed = true,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        match sink.write(&batch) {
+            Ok(()) => {
+                written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                batch.clear();
+            }
+            Err(e) => {
+                tracing::warn!(records = batch.len(), "ledger write failed, retrying: {e}");
+                if closed {
+                    failures_after_close += 1;
+                    if failures_after_close >= RETRIES_AFTER_CLOSE {
+                        tracing::error!(
+                            records = batch.len(),
+                            "ledger closed with unwritten records"
+                        );
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
     }
 }
 
@@ -390,6 +337,15 @@ impl GroupBy {
             "provider" => GroupBy::Provider,
             _ => return None,
         })
+    }
+
+    /// The column it groups on (a fixed name, never user text in the SQL).
+    fn column(self) -> &'static str {
+        match self {
+            GroupBy::Key => "key_name",
+            GroupBy::Model => "model",
+            GroupBy::Provider => "provider",
+        }
     }
 }
 
@@ -435,13 +391,14 @@ impl Sink {
                 return spent;
             }
         }
-        let ledger = self.ledger.clone();
-        let k = key.to_owned();
-        let spent = tokio::task::spawn_blocking(move || ledger.spend(&k, start))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(0.0);
+        let spent = match self.ledger.spend(key, start).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Not cached: the next request asks the ledger again.
+                tracing::warn!("budget: cannot read the ledger, counting from zero: {e}");
+                return 0.0;
+            }
+        };
         if let Ok(mut m) = self.spend.lock() {
             m.insert(key.to_owned(), (start, spent));
         }

@@ -20,12 +20,9 @@ fn db_path() -> std::path::PathBuf {
 
 fn config(db: &std::path::Path) -> String {
     format!(
-        "providers: {{ mock: {{ kind: mock }}, slow: {{ kind: mock }} }}\n\
-         models:\n  - {{ name: priced, provider: mock, model: gpt-4o-mini }}\n  \
-         - {{ name: custom, provider: mock, model: mock-small, input_cost_per_token: 0.001, output_cost_per_token: 0.002 }}\n  \
-         - {{ name: slow, provider: slow, model: slow-n40-d50 }}\n\
-         auth:\n  master_key: {MASTER}\n  keys:\n    - {{ name: team, key: {TEAM} }}\n\
+        "{}auth:\n  master_key: {MASTER}\n  keys:\n    - {{ name: team, key: {TEAM} }}\n\
          ledger: {{ database_url: 'sqlite://{}' }}\n",
+        ledger_burst::MODELS,
         db.display()
     )
 }
@@ -53,35 +50,16 @@ async fn one_row_per_request_costs_admin_api_and_a_flush_on_shutdown() {
     let url = px.url();
 
     // A burst of mixed requests: replies, streams, errors, and clients that hang up.
-    let mut tasks = Vec::new();
-    for i in 0..200 {
-        let url = url.clone();
-        tasks.push(tokio::spawn(async move {
-            match i % 5 {
-                0 => {
-                    let _ = post(&url, TEAM, "priced", false).await.text().await;
-                }
-                1 => {
-                    let _ = post(&url, MASTER, "custom", true).await.text().await;
-                }
-                2 => {
-                    let _ = post(&url, TEAM, "no-such-model", false).await.text().await;
-                }
-                3 => {
-                    // Hang up mid-stream.
-                    let resp = post(&url, MASTER, "slow", true).await;
-                    let mut r = SseReader::new(resp);
-                    let _ = r.next().await;
-                }
-                _ => {
-                    let _ = post(&url, MASTER, "priced", false).await.text().await;
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let burst = ledger_burst::run(
+        std::slice::from_ref(&url),
+        MASTER,
+        TEAM,
+        1000,
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(burst.answered, 1000);
+    assert_eq!(burst.completed.len(), 800);
     tokio::time::sleep(Duration::from_millis(300)).await; // disconnects are logged
 
     // The admin API: recent requests and aggregates (master key only).
@@ -128,8 +106,8 @@ async fn one_row_per_request_costs_admin_api_and_a_flush_on_shutdown() {
         .find(|g| g["group"] == "team")
         .unwrap()
         .clone();
-    assert_eq!(team["requests"], 80, "{usage}");
-    assert_eq!(team["errors"], 40, "the unknown-model requests");
+    assert_eq!(team["requests"], 400, "{usage}");
+    assert_eq!(team["errors"], 200, "the unknown-model requests");
     assert!(team["cost_usd"].as_f64().unwrap() > 0.0);
 
     // Graceful shutdown flushes the queue: exactly one row per request.
@@ -139,18 +117,19 @@ async fn one_row_per_request_costs_admin_api_and_a_flush_on_shutdown() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(rows(&db, "SELECT COUNT(*) FROM requests"), 200);
+    assert_eq!(rows(&db, "SELECT COUNT(*) FROM requests"), 1000);
     assert_eq!(
         rows(&db, "SELECT COUNT(DISTINCT request_id) FROM requests"),
-        200
+        1000
     );
     assert_eq!(
         rows(
             &db,
             "SELECT COUNT(*) FROM requests WHERE result = 'client_closed'"
         ),
-        40
+        200
     );
+    assert_every_completed_request_has_a_row(&db, &burst.completed);
     // gpt-4o-mini from the built-in table; `custom` from the config: 0.001/0.002 per token.
     let conn = rusqlite::Connection::open(&db).unwrap();
     let (tin, tout, cost): (i64, i64, f64) = conn
@@ -210,4 +189,86 @@ async fn a_spent_budget_is_429_budget_exceeded() {
     let px = proxy(&yaml).await;
     assert_eq!(post(&px.url(), TEAM, "custom", false).await.status(), 429);
     let _ = std::fs::remove_file(&db);
+}
+
+fn assert_every_completed_request_has_a_row(db: &std::path::Path, completed: &[String]) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn.prepare("SELECT request_id FROM requests").unwrap();
+    let ids: std::collections::HashSet<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let missing: Vec<&String> = completed.iter().filter(|id| !ids.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "no row for {} completed requests: {missing:?}",
+        missing.len()
+    );
+}
+
+/// SIGTERM in the middle of a burst: the process stops taking connections, finishes what
+/// it is serving, writes the ledger and exits 0; every request whose reply reached its
+/// client has its row.
+#[tokio::test]
+async fn sigterm_mid_burst_loses_no_completed_request() {
+    use tokio::io::AsyncBufReadExt;
+    let db = db_path();
+    let cfg = std::env::temp_dir().join(format!("llm-proxy-ledger-{}.yaml", uuid::Uuid::new_v4()));
+    std::fs::write(&cfg, config(&db)).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_llm-proxy"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--port", "0"])
+        .env("LLM_PROXY__LOG_LEVEL", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("proxy exited before listening");
+        if let Some(i) = line.find("listening on http://") {
+            let rest = &line[i + "listening on ".len()..];
+            break rest.split('"').next().unwrap().to_owned();
+        }
+    };
+    // Drain the log so the proxy never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    // 1000 requests started 1 ms apart; SIGTERM lands after about a third of them.
+    let burst = tokio::spawn(async move {
+        ledger_burst::run(&[url], MASTER, TEAM, 1000, Duration::from_millis(1)).await
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "graceful shutdown exits 0: {status}");
+    let burst = burst.await.unwrap();
+    assert!(
+        burst.completed.len() > 50 && burst.answered < 1000,
+        "SIGTERM was not mid-burst: {} completed, {} answered",
+        burst.completed.len(),
+        burst.answered
+    );
+    eprintln!(
+        "SIGTERM mid-burst: {} completed, {} answered of 1000",
+        burst.completed.len(),
+        burst.answered
+    );
+    assert_every_completed_request_has_a_row(&db, &burst.completed);
+    let _ = std::fs::remove_file(&db);
+    let _ = std::fs::remove_file(&cfg);
 }

@@ -1,7 +1,8 @@
-//! The usage ledger in a real PostgreSQL, shared by two replicas: both write their rows to
-//! one database, either one's `/admin/usage` counts all of them, a replica started later
-//! reads a key's spend from it and refuses a spent budget, and neither a wrong password nor
-//! the URL's password appears in a start error. The test runs its own `postgres` (Debian's
+//! The usage ledger in a real PostgreSQL, shared by two replicas: a burst of 1000 mixed
+//! requests over both leaves exactly one row each in one database, either replica's
+//! `/admin/usage` counts all of them, a replica started later reads a key's spend from it
+//! and refuses a spent budget, and neither a wrong password nor the URL's password appears
+//! in a start error. The test runs its own `postgres` (Debian's
 //! `postgresql` package, on a free port, in a temporary directory, stopped at its end);
 //! `scripts/test` installs the package when it is missing and sets
 //! LLM_PROXY_REQUIRE_POSTGRES=1, so there this test cannot be skipped.
@@ -19,6 +20,7 @@ use serde_json::{Value, json};
 const PASSWORD: &str = "pg-ledger-pass-0123456789";
 const MASTER: &str = "pg-master-0123456789";
 const TEAM: &str = "pg-team-key-0123456789";
+const CAPPED: &str = "pg-capped-key-0123456789";
 
 /// The newest installed PostgreSQL's binaries.
 fn postgres_bin() -> Option<PathBuf> {
@@ -162,14 +164,15 @@ impl Drop for Postgres {
 
 fn config(db_url: &str) -> String {
     format!(
-        "providers: {{ mock: {{ kind: mock }} }}\n\
-         models:\n  - {{ name: custom, provider: mock, model: mock-small, input_cost_per_token: 0.001, output_cost_per_token: 0.002 }}\n\
-         auth:\n  master_key: {MASTER}\n  keys:\n    - {{ name: team, key: {TEAM}, max_budget_usd: 0.01, budget_period: 30d }}\n\
-         ledger: {{ database_url: '{db_url}' }}\n"
+        "{}auth:\n  master_key: {MASTER}\n  keys:\n    - {{ name: team, key: {TEAM} }}\n    \
+         - {{ name: capped, key: {CAPPED}, max_budget_usd: 0.01, budget_period: 30d }}\n\
+         ledger: {{ database_url: '{db_url}' }}\n",
+        ledger_burst::MODELS
     )
 }
 
 async fn post(url: &str, key: &str) -> reqwest::Response {
+    // `custom` costs ~0.03 USD a reply: one spends the capped key's 0.01.
     client()
         .post(format!("{url}/v1/chat/completions"))
         .bearer_auth(key)
@@ -204,18 +207,18 @@ async fn two_replicas_share_one_postgres_ledger_and_its_budgets() {
     let db_url = pg.url(PASSWORD);
     let yaml = config(&db_url);
 
-    // Two replicas, one database: the master key's requests go to both.
+    // Two replicas, one database: a burst of 1000 mixed requests (replies, streams,
+    // errors, clients that hang up) goes to both.
     let a = proxy(&yaml).await;
     let b = proxy(&yaml).await;
-    for i in 0..20 {
-        let url = if i % 2 == 0 { a.url() } else { b.url() };
-        assert_eq!(post(&url, MASTER).await.status(), 200);
-    }
-    // Each writer flushes at least every half second: either replica sees all 20.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let burst = ledger_burst::run(&[a.url(), b.url()], MASTER, TEAM, 1000, Duration::ZERO).await;
+    assert_eq!(burst.answered, 1000);
+    assert_eq!(burst.completed.len(), 800);
+    // Each writer flushes at least every half second: either replica sees all of them.
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let v: Value = client()
-            .get(format!("{}/admin/usage?group_by=model", b.url()))
+            .get(format!("{}/admin/usage?group_by=key", b.url()))
             .bearer_auth(MASTER)
             .send()
             .await
@@ -224,37 +227,76 @@ async fn two_replicas_share_one_postgres_ledger_and_its_budgets() {
             .await
             .unwrap();
         let groups = v["groups"].as_array().unwrap();
-        let custom = groups.iter().find(|g| g["group"] == "custom");
-        if let Some(g) = custom.filter(|g| g["requests"] == 20) {
-            assert!(g["cost_usd"].as_f64().unwrap() > 0.0, "{v}");
-            assert!(g["tokens_in"].as_u64().unwrap() > 0, "{v}");
+        let total: u64 = groups.iter().map(|g| g["requests"].as_u64().unwrap()).sum();
+        if total == 1000 {
+            let team = groups.iter().find(|g| g["group"] == "team").unwrap();
+            assert_eq!(team["requests"], 400, "{v}");
+            assert_eq!(team["errors"], 200, "the unknown-model requests: {v}");
+            assert!(team["cost_usd"].as_f64().unwrap() > 0.0, "{v}");
             break;
         }
-        assert!(Instant::now() < deadline, "usage never reached 20: {v}");
+        assert!(Instant::now() < deadline, "usage never reached 1000: {v}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // The team key spends its budget on replica A ...
-    assert_eq!(post(&a.url(), TEAM).await.status(), 200);
+    // The capped key spends its budget on replica A ...
+    assert_eq!(post(&a.url(), CAPPED).await.status(), 200);
     stop(a).await;
     // ... and a replica started afterwards reads that spend from the shared ledger.
     let c = proxy(&yaml).await;
-    let resp = post(&c.url(), TEAM).await;
+    let resp = post(&c.url(), CAPPED).await;
     assert_eq!(resp.status(), 429);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "BUDGET_EXCEEDED");
     stop(b).await;
     stop(c).await;
 
-    // One row per request, keyed by name, never by key.
+    let (pg_client, conn) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let ids: std::collections::HashSet<String> = pg_client
+        .query("SELECT request_id FROM llm_proxy_requests", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let missing: Vec<&String> = burst
+        .completed
+        .iter()
+        .filter(|id| !ids.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "completed requests without a row: {missing:?}"
+    );
+
+    // One row per request (the burst and the two capped ones), keyed by name, never by key.
     assert_eq!(
         count(&db_url, "SELECT COUNT(*) FROM llm_proxy_requests").await,
-        22
+        1002
     );
     assert_eq!(
         count(
             &db_url,
-            "SELECT COUNT(*) FROM llm_proxy_requests WHERE key_name = 'team'"
+            "SELECT COUNT(DISTINCT request_id) FROM llm_proxy_requests WHERE request_id LIKE 'burst-%'"
+        )
+        .await,
+        1000
+    );
+    assert_eq!(
+        count(
+            &db_url,
+            "SELECT COUNT(*) FROM llm_proxy_requests WHERE result = 'client_closed'"
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        count(
+            &db_url,
+            "SELECT COUNT(*) FROM llm_proxy_requests WHERE key_name = 'capped'"
         )
         .await,
         2
@@ -264,7 +306,7 @@ async fn two_replicas_share_one_postgres_ledger_and_its_budgets() {
             &db_url,
             &format!(
                 "SELECT COUNT(*) FROM llm_proxy_requests WHERE key_name LIKE '%{TEAM}%' \
-                 OR request_id LIKE '%{MASTER}%'"
+                 OR key_name LIKE '%{CAPPED}%' OR request_id LIKE '%{MASTER}%'"
             )
         )
         .await,

@@ -516,3 +516,4 @@ impl SseReader {
     }
 }
 pub mod fake_providers;
+pub mod ledger_burst;

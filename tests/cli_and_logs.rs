@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_llm-proxy");
 const MASTER: &str = "master-secret-5d0c1b7e";
+const LIMITED_KEY: &str = "limited-key-must-not-be-logged-0123";
 const UPSTREAM_KEY: &str = "sk-upstream-9a8b7c6d5e4f3a2b";
 
 fn temp_config(text: &str) -> tempfile_path::TempPath {
@@ -122,11 +123,17 @@ fn help_explains_both_commands_and_the_environment() {
 #[tokio::test]
 async fn logs_have_one_line_per_request_and_never_a_key() {
     let up = fake_upstream().await;
+    // `fail500-once` fails the first request its fake sees: it gets a fake of its own.
+    let flaky_up = fake_upstream().await;
+    let ledger = std::env::temp_dir().join(format!("llm-proxy-logs-{}.db", std::process::id()));
     let cfg = temp_config(&format!(
-        "auth: {{ master_key: ${{MK}} }}\nproviders:\n  up: {{ kind: openai, base_url: '{}', api_key: ${{UK}} }}\n\
-         models: [ {{ name: chat, provider: up, model: ok }}, {{ name: echo, provider: up, model: echo-key }}, {{ name: tools, provider: up, model: tools }} ]\n\
-         routing: {{ retry_backoff: 1ms }}\n",
-        up.base_url()
+        "auth: {{ master_key: ${{MK}}, keys: [ {{ name: limited, key: ${{LK}}, rpm: 1 }} ] }}\nproviders:\n  up: {{ kind: openai, base_url: '{}', api_key: ${{UK}} }}\n  \
+         flaky_up: {{ kind: openai, base_url: '{}', api_key: ${{UK}} }}\n\
+         models: [ {{ name: chat, provider: up, model: ok, input_cost_per_token: 0.001, output_cost_per_token: 0.002 }}, {{ name: echo, provider: up, model: echo-key }}, {{ name: tools, provider: up, model: tools }},\n  \
+         {{ name: flaky, provider: flaky_up, model: fail500-once }}, {{ name: hang, provider: up, model: hang }} ]\n\
+         routing: {{ retry_backoff: 1ms, timeout: 2s, attempt_timeout: 300ms, num_retries: 1 }}\n",
+        up.base_url(),
+        flaky_up.base_url()
     ));
     let mut child = tokio::process::Command::new(BIN)
         .arg("--config")
@@ -134,6 +141,11 @@ async fn logs_have_one_line_per_request_and_never_a_key() {
         .args(["--port", "0"])
         .env("MK", MASTER)
         .env("UK", UPSTREAM_KEY)
+        .env("LK", LIMITED_KEY)
+        .env(
+            "LLM_PROXY__LEDGER_DATABASE_URL",
+            format!("sqlite://{}", ledger.display()),
+        )
         .env("LLM_PROXY__LOG_LEVEL", "trace")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -174,6 +186,26 @@ async fn logs_have_one_line_per_request_and_never_a_key() {
         401
     );
     assert_eq!(post("echo", false, MASTER).await.unwrap().status(), 502);
+    // A retry (the first attempt fails with 500), a timeout, and a rate-limited key.
+    assert_eq!(post("flaky", false, MASTER).await.unwrap().status(), 200);
+    assert_eq!(post("hang", false, MASTER).await.unwrap().status(), 504);
+    assert_eq!(
+        post("chat", false, LIMITED_KEY).await.unwrap().status(),
+        200
+    );
+    let limited = c
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(LIMITED_KEY)
+        .header("x-request-id", "req-limited-2")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .json(&json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(limited.status(), 429);
 
     // SIGTERM: graceful shutdown, then read everything it wrote.
     let pid = child.id().unwrap();
@@ -194,7 +226,12 @@ async fn logs_have_one_line_per_request_and_never_a_key() {
         .await
         .unwrap();
     let all = format!("{}\n{stderr}", log.join("\n"));
-    for secret in [MASTER, UPSTREAM_KEY, "wrong-key-that-must-not-be-logged"] {
+    for secret in [
+        MASTER,
+        UPSTREAM_KEY,
+        LIMITED_KEY,
+        "wrong-key-that-must-not-be-logged",
+    ] {
         assert!(
             !all.contains(secret),
             "secret {secret} leaked into the logs"
@@ -232,4 +269,40 @@ async fn logs_have_one_line_per_request_and_never_a_key() {
         "wrong-key-that-must-not-be-logged".len()
     ));
     assert_eq!(denied["status"], 401);
+
+    // Every line carries the request's trace id and the client's address; a costed model
+    // its cost.
+    assert_eq!(ok["trace_id"].as_str().map(str::len), Some(32), "{ok}");
+    assert_eq!(ok["client_ip"], "127.0.0.1");
+    assert!(ok["upstream_ms"].is_number(), "{ok}");
+    // Decode speed: output tokens over the time after the first one (streams).
+    assert!(stream["tokens_per_sec"].is_number(), "{stream}");
+    assert!((ok["cost_usd"].as_f64().unwrap() - (9.0 * 0.001 + 3.0 * 0.002)).abs() < 1e-9);
+    // The retry: two attempts, a WARN line naming the failure, then success.
+    let flaky = by_id(&format!("req-flaky-false-{}", MASTER.len()));
+    assert_eq!(
+        (flaky["status"].as_u64(), flaky["attempts"].as_u64()),
+        (Some(200), Some(2))
+    );
+    let warns = |needle: &str| {
+        log.iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| v["level"] == "WARN" && v.to_string().contains(needle))
+    };
+    assert!(warns("retrying after upstream failure"), "no retry WARN");
+    // The timeout: 504 TIMEOUT at WARN, and a WARN line for the attempt that timed out.
+    let hang = by_id(&format!("req-hang-false-{}", MASTER.len()));
+    assert_eq!(hang["status"], 504);
+    assert_eq!(hang["error_code"], "TIMEOUT");
+    assert_eq!(hang["level"], "WARN");
+    assert!(warns("upstream timeout"), "no timeout WARN");
+    // The rate-limited request: the key's name, 429 RATE_LIMIT, and the caller's trace id.
+    let limited = by_id("req-limited-2");
+    assert_eq!(limited["status"], 429);
+    assert_eq!(limited["error_code"], "RATE_LIMIT");
+    assert_eq!(limited["key"], "limited");
+    assert_eq!(limited["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", ledger.display()));
+    }
 }

@@ -148,14 +148,15 @@ impl RequestLog {
         let tokens_out = usage.map(|u| u.completion_tokens);
         let tokens_per_sec = self.stats.tokens_per_sec(latency);
         let error_code = self.error.as_ref().map(|e| e.code.as_str());
+        // Prices live with the ledger: without one, requests are not costed.
+        let cost = match (&self.ledger, usage, dep) {
+            (Some(sink), Some(u), Some(d)) => sink
+                .prices
+                .price(&d.model, &d.upstream_model)
+                .map(|p| p.cost(&u)),
+            _ => None,
+        };
         if let Some(sink) = &self.ledger {
-            let cost = match (usage, dep) {
-                (Some(u), Some(d)) => sink
-                    .prices
-                    .price(&d.model, &d.upstream_model)
-                    .map(|p| p.cost(&u)),
-                _ => None,
-            };
             if let (Some(k), Some(b), Some(c)) = (&self.key, self.budget, cost) {
                 sink.add_spend(k, c, b.period);
             }
@@ -217,6 +218,7 @@ impl RequestLog {
                     tokens_out,
                     tokens_cached = usage.and_then(|u| u.cached_tokens),
                     tokens_per_sec,
+                    cost_usd = cost,
                     finish_reason = self.stats.finish.map(FinishReason::as_str),
                     "request"
                 )

@@ -18,6 +18,7 @@ use crate::limits::Limiter;
 use crate::router::{BuildError, Router};
 use crate::shutdown::{self, Trigger};
 use crate::telemetry::Metrics;
+use crate::telemetry::otlp::Exporter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -27,6 +28,8 @@ pub enum StartError {
     Limits(String),
     #[error("{0}")]
     Ledger(String),
+    #[error("trace export: {0}")]
+    Tracing(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -69,6 +72,7 @@ pub struct App {
     pub grace: Duration,
     /// Flushed once the server has stopped.
     pub ledger: Option<Arc<Ledger>>,
+    pub tracer: Option<Arc<Exporter>>,
 }
 
 pub fn build_app(settings: &Settings) -> Result<App, StartError> {
@@ -92,13 +96,18 @@ pub fn build_app(settings: &Settings) -> Result<App, StartError> {
             .collect();
         Arc::new(Sink::new(l.clone(), PriceBook::new(prices)))
     });
+    let tracer = match &settings.tracing {
+        Some(t) => Some(Exporter::start(t.clone()).map_err(StartError::Tracing)?),
+        None => None,
+    };
+    let mut state = AppState::new(settings, router, limiter, metrics, sink, closing);
+    state.tracer = tracer.clone();
     Ok(App {
-        router: app(Arc::new(AppState::new(
-            settings, router, limiter, metrics, sink, closing,
-        ))),
+        router: app(Arc::new(state)),
         closing: trigger,
         grace: settings.server.shutdown_grace,
         ledger,
+        tracer,
     })
 }
 
@@ -134,6 +143,7 @@ pub async fn serve(
         closing,
         grace,
         ledger,
+        tracer,
     } = app;
     // TCP_NODELAY on every client connection: a stream writes many small SSE frames, and
     // with Nagle's algorithm each could wait up to 40 ms for the client's delayed ACK.
@@ -162,6 +172,9 @@ pub async fn serve(
     // Every request has ended (and written its record): flush the ledger.
     if let Some(l) = ledger {
         let _ = tokio::task::spawn_blocking(move || l.close()).await;
+    }
+    if let Some(t) = tracer {
+        t.close().await;
     }
     Ok(())
 }

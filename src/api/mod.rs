@@ -43,6 +43,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The usage ledger, when enabled.
     pub ledger: Option<Arc<crate::ledger::Sink>>,
+    /// The trace exporter, when traces are exported.
+    pub tracer: Option<Arc<crate::telemetry::otlp::Exporter>>,
     pub default_model: Option<String>,
     pub max_request_bytes: usize,
     pub concurrency: Arc<Semaphore>,
@@ -114,6 +116,7 @@ impl AppState {
             limiter,
             metrics,
             ledger,
+            tracer: None,
             default_model: settings.default_model.clone(),
             max_request_bytes: settings.server.max_request_bytes,
             concurrency: Arc::new(Semaphore::new(

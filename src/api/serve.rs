@@ -190,6 +190,10 @@ pub(crate) async fn serve<D: Dialect>(
     };
     let trace = TraceContext::from_headers(&headers);
     req.traceparent = Some(trace.traceparent());
+    if state.tracer.is_some() {
+        log.tracer = state.tracer.clone();
+        log.trace = Some(trace.clone());
+    }
     log.trace_id = Some(trace.trace_id);
     drop(bytes);
     if let Principal::Key(k) = &caller.principal {

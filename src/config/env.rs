@@ -72,6 +72,49 @@ pub fn apply_env_overrides(s: &mut Settings, env: &dyn EnvSource) -> Result<(), 
                 message,
             })?;
     }
+    // OpenTelemetry's standard variables, for either config format.
+    let traces = env
+        .var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .map(|v| (v, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        .or_else(|| {
+            env.var("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(|v| (v, "OTEL_EXPORTER_OTLP_ENDPOINT"))
+        });
+    if let Some((v, var)) = traces.filter(|(v, _)| !v.trim().is_empty()) {
+        let endpoint = super::otlp_traces_url(&v, var).map_err(|e| ConfigError::EnvOverride {
+            var: var.into(),
+            message: e.to_string(),
+        })?;
+        let t = s
+            .tracing
+            .get_or_insert_with(|| crate::telemetry::otlp::OtlpSettings {
+                endpoint: String::new(),
+                service_name: "llm-proxy".into(),
+                headers: Vec::new(),
+            });
+        t.endpoint = endpoint;
+    }
+    if let Some(t) = &mut s.tracing {
+        if let Some(name) = env
+            .var("OTEL_SERVICE_NAME")
+            .filter(|n| !n.trim().is_empty())
+        {
+            t.service_name = name.trim().to_owned();
+        }
+        // `k=v,k2=v2`, as the SDKs read it.
+        if let Some(h) = env.var("OTEL_EXPORTER_OTLP_HEADERS") {
+            for pair in h.split(',').filter(|p| !p.trim().is_empty()) {
+                let Some((k, v)) = pair.split_once('=') else {
+                    return Err(ConfigError::EnvOverride {
+                        var: "OTEL_EXPORTER_OTLP_HEADERS".into(),
+                        message: "write name=value pairs separated by commas".into(),
+                    });
+                };
+                t.headers
+                    .push((k.trim().to_owned(), crate::secret::Secret::new(v.trim())));
+            }
+        }
+    }
     for (var, why) in RETIRED {
         if env.var(var).is_some() {
             s.warnings.push(format!("{var} is ignored: {why}"));

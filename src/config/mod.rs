@@ -254,6 +254,25 @@ impl Default for LedgerSettings {
     }
 }
 
+/// The OTLP/HTTP traces URL from a collector's base URL (`…/v1/traces` appended, as the
+/// OpenTelemetry SDKs do with `OTEL_EXPORTER_OTLP_ENDPOINT`) or a full traces URL.
+pub fn otlp_traces_url(endpoint: &str, key: &str) -> Result<String, ConfigError> {
+    let e = endpoint.trim().trim_end_matches('/');
+    if !(e.starts_with("http://") || e.starts_with("https://")) {
+        return Err(ConfigError::Invalid {
+            key: key.into(),
+            message: format!(
+                "`{e}` is not an http(s) URL (OTLP over gRPC is not supported; use OTLP/HTTP, port 4318)"
+            ),
+        });
+    }
+    Ok(if e.ends_with("/v1/traces") {
+        e.to_owned()
+    } else {
+        format!("{e}/v1/traces")
+    })
+}
+
 /// What to do when the shared (Redis) limit store cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnRedisError {
@@ -454,6 +473,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub limits: LimitsSettings,
     pub ledger: LedgerSettings,
+    /// OpenTelemetry trace export (off unless an endpoint is set).
+    pub tracing: Option<crate::telemetry::otlp::OtlpSettings>,
     pub log_level: String,
     pub default_provider: Option<String>,
     pub default_model: Option<String>,
@@ -473,6 +494,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             limits: LimitsSettings::default(),
             ledger: LedgerSettings::default(),
+            tracing: None,
             log_level: "info".into(),
             default_provider: None,
             default_model: None,

@@ -39,6 +39,19 @@ struct File {
     limits: Limits,
     #[serde(default)]
     ledger: Ledger,
+    #[serde(default)]
+    tracing: Tracing,
+}
+
+/// `tracing:` OpenTelemetry export over OTLP/HTTP (JSON).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Tracing {
+    /// The collector's base URL (`http://collector:4318`) or its full traces URL.
+    otlp_endpoint: Option<String>,
+    service_name: Option<String>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -260,6 +273,18 @@ pub(super) fn load(
     }
     if let Some(t) = l.redis_timeout {
         s.limits.redis_timeout = t;
+    }
+    if let Some(endpoint) = f.tracing.otlp_endpoint.filter(|e| !e.trim().is_empty()) {
+        s.tracing = Some(crate::telemetry::otlp::OtlpSettings {
+            endpoint: super::otlp_traces_url(&endpoint, "tracing.otlp_endpoint")?,
+            service_name: f.tracing.service_name.unwrap_or_else(|| "llm-proxy".into()),
+            headers: f
+                .tracing
+                .headers
+                .into_iter()
+                .map(|(k, v)| (k, crate::secret::Secret::new(v)))
+                .collect(),
+        });
     }
     let lg = f.ledger;
     if let Some(e) = lg.enabled {

@@ -64,6 +64,18 @@ pub struct Outcome {
     /// Time spent waiting on upstreams (every attempt, to its reply or first chunk): the
     /// rest of a request's time is the proxy's own overhead.
     pub upstream: Duration,
+    /// Every attempt, in order: the trace's client spans.
+    pub attempt_log: Vec<Attempt>,
+}
+
+/// One upstream attempt: where, when, how long (to its reply or first chunk), and the
+/// class of its failure if it failed.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub deployment: Deployment,
+    pub started: Instant,
+    pub elapsed: Duration,
+    pub error: Option<&'static str>,
 }
 
 /// What the caller tells the router about a request besides its body.
@@ -490,7 +502,14 @@ impl Router {
                 .min(deadline.saturating_duration_since(now));
                 let called = Instant::now();
                 let result = attempt(dep.clone(), limit).await;
-                outcome.upstream += called.elapsed();
+                let elapsed = called.elapsed();
+                outcome.upstream += elapsed;
+                outcome.attempt_log.push(Attempt {
+                    deployment: dep.clone(),
+                    started: called,
+                    elapsed,
+                    error: result.as_ref().err().map(UpstreamError::class),
+                });
                 let err = match result {
                     Ok(v) => {
                         dep.state.on_success();

@@ -1,6 +1,7 @@
 //! Structured logs: one line per request, JSON when stdout is not a terminal.
 
 mod metrics;
+pub mod otlp;
 mod request_log;
 mod trace;
 

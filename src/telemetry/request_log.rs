@@ -3,8 +3,9 @@
 //! which `Drop` records as `client_closed` so no request ever goes unlogged.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use super::otlp::{AttrValue, Span, SpanKind};
 use crate::error::ProxyError;
 use crate::router::Outcome;
 use crate::types::{ChatEvent, FinishReason, Usage};
@@ -71,6 +72,10 @@ pub struct RequestLog {
     pub ledger: Option<Arc<crate::ledger::Sink>>,
     /// The key's budget, which this request's cost counts towards.
     pub budget: Option<crate::keys::Budget>,
+    /// Where the request's spans go, and its place in the trace (set only when traces
+    /// are exported).
+    pub tracer: Option<Arc<super::otlp::Exporter>>,
+    pub trace: Option<super::TraceContext>,
     emitted: bool,
 }
 
@@ -94,6 +99,8 @@ impl RequestLog {
             limited_by: None,
             ledger: None,
             budget: None,
+            tracer: None,
+            trace: None,
             emitted: false,
         }
     }
@@ -189,6 +196,11 @@ impl RequestLog {
                 finish_reason: self.stats.finish.map(|f| f.as_str().to_owned()),
             });
         }
+        if let (Some(tracer), Some(tc)) = (&self.tracer, &self.trace) {
+            if tc.sampled {
+                tracer.export(self.spans(tc, latency, cost));
+            }
+        }
         let error_message = self.error.as_ref().map(|e| e.message.as_str());
         // `tracing` needs the level at compile time, so the one field list is a macro.
         macro_rules! line {
@@ -229,6 +241,119 @@ impl RequestLog {
         } else {
             line!(tracing::Level::INFO);
         }
+    }
+}
+
+impl RequestLog {
+    /// The request's server span and a client span per upstream attempt, with the
+    /// OpenTelemetry GenAI attributes (`gen_ai.*`) and llm-proxy's own (`llm_proxy.*`).
+    /// Never a key: only the key's name.
+    fn spans(&self, tc: &super::TraceContext, latency: Duration, cost: Option<f64>) -> Vec<Span> {
+        let end = SystemTime::now();
+        let start = end.checked_sub(latency).unwrap_or(end);
+        // Wall-clock time of a moment measured on the monotonic clock.
+        let wall = |at: Instant| start + at.saturating_duration_since(self.started);
+        let operation = match self.endpoint {
+            "llm_completions" => "text_completion",
+            _ => "chat",
+        };
+        let model = self.model.as_deref().unwrap_or("unknown");
+        let dep = self.outcome.deployment.as_ref();
+        let usage = self.stats.usage;
+        let str = |s: &str| AttrValue::Str(s.to_owned());
+        let mut attrs = vec![
+            ("gen_ai.operation.name", str(operation)),
+            ("gen_ai.request.model", str(model)),
+            (
+                "http.response.status_code",
+                AttrValue::Int(i64::from(self.status)),
+            ),
+            ("llm_proxy.request_id", str(&self.request_id)),
+            ("llm_proxy.endpoint", str(self.endpoint)),
+            (
+                "llm_proxy.attempts",
+                AttrValue::Int(i64::from(self.outcome.attempts)),
+            ),
+            ("llm_proxy.stream", AttrValue::Bool(self.stream)),
+        ];
+        if let Some(d) = dep {
+            attrs.push(("gen_ai.system", str(d.provider.kind.as_str())));
+            attrs.push(("gen_ai.response.model", str(&d.upstream_model)));
+            attrs.push(("llm_proxy.deployment", str(&d.id)));
+        }
+        if let Some(u) = usage {
+            attrs.push((
+                "gen_ai.usage.input_tokens",
+                AttrValue::Int(u.prompt_tokens as i64),
+            ));
+            attrs.push((
+                "gen_ai.usage.output_tokens",
+                AttrValue::Int(u.completion_tokens as i64),
+            ));
+        }
+        if let Some(f) = self.stats.finish {
+            attrs.push((
+                "gen_ai.response.finish_reasons",
+                AttrValue::StrList(vec![f.as_str().to_owned()]),
+            ));
+        }
+        if let Some(k) = &self.key {
+            attrs.push(("llm_proxy.key_name", str(k)));
+        }
+        if let Some(t) = self.stats.ttft {
+            attrs.push((
+                "llm_proxy.ttft_ms",
+                AttrValue::Double(t.as_secs_f64() * 1000.0),
+            ));
+        }
+        if let Some(c) = cost {
+            attrs.push(("llm_proxy.cost_usd", AttrValue::Double(c)));
+        }
+        if let Some(e) = &self.error {
+            attrs.push(("error.type", str(e.code.as_str())));
+        }
+        let mut spans = Vec::with_capacity(1 + self.outcome.attempt_log.len());
+        spans.push(Span {
+            trace_id: tc.trace_id.clone(),
+            span_id: tc.span_id.clone(),
+            parent_span_id: tc.parent_span_id.clone(),
+            name: format!("{operation} {model}"),
+            kind: SpanKind::Server,
+            start,
+            end,
+            attributes: attrs,
+            error: self
+                .error
+                .as_ref()
+                .filter(|_| self.status >= 500)
+                .map(|e| e.message.clone()),
+        });
+        for a in &self.outcome.attempt_log {
+            let d = &a.deployment;
+            let mut attrs = vec![
+                ("gen_ai.operation.name", str(operation)),
+                ("gen_ai.system", str(d.provider.kind.as_str())),
+                ("gen_ai.request.model", str(&d.upstream_model)),
+                ("llm_proxy.deployment", str(&d.id)),
+                ("llm_proxy.provider", str(&d.provider.name)),
+            ];
+            if let Some(class) = a.error {
+                attrs.push(("error.type", str(class)));
+            }
+            let begun = wall(a.started);
+            spans.push(Span {
+                trace_id: tc.trace_id.clone(),
+                span_id: super::trace::random_hex(8),
+                parent_span_id: Some(tc.span_id.clone()),
+                name: format!("{operation} {}", d.upstream_model),
+                kind: SpanKind::Client,
+                start: begun,
+                end: begun + a.elapsed,
+                attributes: attrs,
+                error: a.error.map(|c| format!("upstream {c}")),
+            });
+        }
+        spans
     }
 }
 

@@ -7,12 +7,14 @@
 pub struct TraceContext {
     /// 32 lowercase hex digits, never all zeros.
     pub trace_id: String,
-    /// Our span: 16 lowercase hex digits.
+    /// Our span: 16 lowercase hex digits (the parent of what goes upstream).
     pub span_id: String,
+    /// The caller's span, when it sent a valid `traceparent`.
+    pub parent_span_id: Option<String>,
     pub sampled: bool,
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut out = String::with_capacity(bytes * 2);
     while out.len() < bytes * 2 {
         out.push_str(&uuid::Uuid::new_v4().simple().to_string());
@@ -32,10 +34,14 @@ impl TraceContext {
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .and_then(parse);
-        let (trace_id, sampled) = parent.unwrap_or_else(|| (random_hex(16), true));
+        let (trace_id, parent_span_id, sampled) = match parent {
+            Some((t, p, s)) => (t, Some(p), s),
+            None => (random_hex(16), None, true),
+        };
         Self {
             trace_id,
             span_id: random_hex(8),
+            parent_span_id,
             sampled,
         }
     }
@@ -53,7 +59,7 @@ impl TraceContext {
 
 /// `00-<trace-id>-<parent-id>-<flags>` (version 00; later versions are read as 00, as the
 /// spec asks); invalid or all-zero ids are refused.
-fn parse(v: &str) -> Option<(String, bool)> {
+fn parse(v: &str) -> Option<(String, String, bool)> {
     let mut parts = v.trim().split('-');
     let version = parts.next()?;
     let trace = parts.next()?;
@@ -69,7 +75,7 @@ fn parse(v: &str) -> Option<(String, bool)> {
         return None;
     }
     let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
-    Some((trace.to_owned(), sampled))
+    Some((trace.to_owned(), parent.to_owned(), sampled))
 }
 
 #[cfg(test)]
@@ -89,6 +95,7 @@ mod tests {
         assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(t.sampled);
         assert_ne!(t.span_id, "00f067aa0ba902b7");
+        assert_eq!(t.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
         let tp = t.traceparent();
         assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && tp.ends_with("-01"));
         for bad in [

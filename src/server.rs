@@ -73,6 +73,8 @@ pub struct App {
     /// Flushed once the server has stopped.
     pub ledger: Option<Arc<Ledger>>,
     pub tracer: Option<Arc<Exporter>>,
+    /// `/metrics` on its own port: the address and the app to serve there.
+    pub metrics: Option<(String, axum::Router)>,
 }
 
 pub fn build_app(settings: &Settings) -> Result<App, StartError> {
@@ -102,8 +104,19 @@ pub fn build_app(settings: &Settings) -> Result<App, StartError> {
     };
     let mut state = AppState::new(settings, router, limiter, metrics, sink, closing);
     state.tracer = tracer.clone();
+    let state = Arc::new(state);
+    let metrics = settings.server.metrics_port.map(|port| {
+        let host = settings.server.host.trim_matches(|c| c == '[' || c == ']');
+        let addr = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        (addr, crate::api::metrics_app(state.clone()))
+    });
     Ok(App {
-        router: app(Arc::new(state)),
+        metrics,
+        router: app(state),
         closing: trigger,
         grace: settings.server.shutdown_grace,
         ledger,
@@ -144,7 +157,21 @@ pub async fn serve(
         grace,
         ledger,
         tracer,
+        metrics,
     } = app;
+    // The metrics port lives as long as the API port; it has no requests to drain.
+    let metrics_task = match metrics {
+        Some((addr, router)) => {
+            let l = TcpListener::bind(addr.as_str()).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr} (metrics): {e}"))
+            })?;
+            tracing::info!("metrics on http://{addr}/metrics");
+            Some(tokio::spawn(async move {
+                let _ = axum::serve(l, router).await;
+            }))
+        }
+        None => None,
+    };
     // TCP_NODELAY on every client connection: a stream writes many small SSE frames, and
     // with Nagle's algorithm each could wait up to 40 ms for the client's delayed ACK.
     let listener = listener.tap_io(|tcp| {
@@ -175,6 +202,9 @@ pub async fn serve(
     }
     if let Some(t) = tracer {
         t.close().await;
+    }
+    if let Some(t) = metrics_task {
+        t.abort();
     }
     Ok(())
 }

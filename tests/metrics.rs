@@ -70,10 +70,19 @@ print(json.dumps(families))
 
 #[tokio::test]
 async fn metrics_parse_and_move_with_traffic() {
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let db = std::env::temp_dir().join(format!("llm-proxy-metrics-{}.db", uuid::Uuid::new_v4()));
     let yaml = format!(
         "providers: {{ mock: {{ kind: mock }} }}\n\
-         models: [ {{ name: mock-small, provider: mock }} ]\n\
-         auth:\n  master_key: {MASTER}\n  keys:\n    - {{ name: team, key: {TEAM}, rpm: 2 }}\n"
+         models: [ {{ name: mock-small, provider: mock, input_cost_per_token: 0.001, output_cost_per_token: 0.002 }} ]\n\
+         auth:\n  master_key: {MASTER}\n  keys:\n    - {{ name: team, key: {TEAM}, rpm: 2 }}\n\
+         server: {{ metrics_port: {metrics_port} }}\n\
+         ledger: {{ database_url: 'sqlite://{}' }}\n",
+        db.display()
     );
     let px = proxy_with_env(&yaml, HashMap::new()).await;
     let url = px.url();
@@ -167,6 +176,50 @@ async fn metrics_parse_and_move_with_traffic() {
         !text.contains(MASTER) && !text.contains(TEAM),
         "no key in metrics"
     );
+    // Cost: every token at the configured price.
+    let tokens = |t: &str| {
+        sample(
+            &text,
+            &format!(r#"llm_proxy_tokens_total{{model="mock-small",provider="mock",type="{t}"}}"#),
+        )
+    };
+    let cost = sample(
+        &text,
+        r#"llm_proxy_cost_usd_total{model="mock-small",provider="mock"}"#,
+    );
+    let expected = tokens("input") * 0.001 + tokens("output") * 0.002;
+    assert!(
+        expected > 0.0 && (cost - expected).abs() < 1e-9,
+        "{cost} vs {expected}"
+    );
+
+    // The metrics port serves /metrics alone, under the same key rule.
+    let side = format!("http://127.0.0.1:{metrics_port}");
+    let r = client()
+        .get(format!("{side}/metrics"))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("llm_proxy_requests_total"));
+    let r = client()
+        .get(format!("{side}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client()
+        .post(format!("{side}/v1/chat/completions"))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "mock-small", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+    }
 
     if let Some(families) = parse_with_prometheus(&text) {
         for (name, kind) in [
@@ -175,6 +228,7 @@ async fn metrics_parse_and_move_with_traffic() {
             ("llm_proxy_time_to_first_token_seconds", "histogram"),
             ("llm_proxy_overhead_seconds", "histogram"),
             ("llm_proxy_in_flight_requests", "gauge"),
+            ("llm_proxy_cost_usd", "counter"),
         ] {
             assert_eq!(families[name]["type"], kind, "{name}: {families}");
         }

@@ -281,5 +281,19 @@ pub fn app(state: Arc<AppState>) -> HttpRouter {
         .with_state(state)
 }
 
+/// `/metrics` alone, for `server.metrics_port` (the same key rule as on the API port).
+pub fn metrics_app(state: Arc<AppState>) -> HttpRouter {
+    HttpRouter::new()
+        .route("/metrics", get(models::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_found)
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}
+
 /// Shorthand for handlers.
 pub(crate) type AppStateRef = State<Arc<AppState>>;

@@ -39,6 +39,9 @@ pub fn apply_env_overrides(s: &mut Settings, env: &dyn EnvSource) -> Result<(), 
     if let Some(v) = env.var("LLM_PROXY__PORT") {
         s.server.port = parse("LLM_PROXY__PORT", &v, "a port number")?;
     }
+    if let Some(v) = env.var("LLM_PROXY__METRICS_PORT") {
+        s.server.metrics_port = Some(parse("LLM_PROXY__METRICS_PORT", &v, "a port number")?);
+    }
     if let Some(v) = env.var("LLM_PROXY__INTERNAL_API_KEY") {
         if let Some(key) = secret_from(Some(v)) {
             s.auth.master_key = Some(key);

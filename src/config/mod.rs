@@ -168,6 +168,9 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// Serve on a non-loopback address with no key configured (explicit opt-in).
     pub allow_unauthenticated: bool,
+    /// Also serve `/metrics` (alone, same key rule) on this port of `host`, for scrapers
+    /// on a network the API port is not exposed to.
+    pub metrics_port: Option<u16>,
 }
 
 impl Default for ServerSettings {
@@ -181,6 +184,7 @@ impl Default for ServerSettings {
             queue_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
             allow_unauthenticated: false,
+            metrics_port: None,
         }
     }
 }

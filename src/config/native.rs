@@ -74,6 +74,7 @@ struct Server {
     queue_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "super::duration::deserialize_opt")]
     shutdown_grace: Option<Duration>,
+    metrics_port: Option<u16>,
 }
 
 #[derive(Deserialize, Default)]
@@ -232,6 +233,9 @@ pub(super) fn load(
     }
     if let Some(t) = f.server.queue_timeout {
         s.server.queue_timeout = t;
+    }
+    if let Some(p) = f.server.metrics_port {
+        s.server.metrics_port = Some(p);
     }
     if let Some(t) = f.server.shutdown_grace {
         s.server.shutdown_grace = t;

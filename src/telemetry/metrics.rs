@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -99,6 +99,7 @@ pub struct Metrics {
     ttft: Hist,
     overhead: Hist,
     tokens: Family<TokenLabels, Counter>,
+    cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
     retries: Family<DeploymentLabels, Counter>,
     upstream_errors: Family<ErrorLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
@@ -147,6 +148,12 @@ impl Metrics {
             "retries",
             "Attempts retried after a failure",
             retries.clone(),
+        );
+        let cost = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "cost_usd",
+            "Estimated spend in US dollars, from the price table",
+            cost.clone(),
         );
         let upstream_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
@@ -200,6 +207,7 @@ impl Metrics {
             in_flight,
             streams,
             deployment_state,
+            cost,
             models_seen: Mutex::new(HashSet::new()),
         }
     }
@@ -214,6 +222,18 @@ impl Metrics {
         } else {
             "other".into()
         }
+    }
+
+    /// Adds a request's estimated cost.
+    pub fn cost(&self, model: Option<&str>, provider: Option<&str>, usd: f64) {
+        if !(usd.is_finite() && usd > 0.0) {
+            return;
+        }
+        let labels = ModelLabels {
+            model: self.model_label(model.unwrap_or("-")),
+            provider: provider.unwrap_or("-").to_owned(),
+        };
+        self.cost.get_or_create(&labels).inc_by(usd);
     }
 
     /// Records a finished request (called once, by the request log).

@@ -133,6 +133,14 @@ impl RequestLog {
         self.emitted = true;
         let latency = self.started.elapsed();
         let dep = self.outcome.deployment.as_ref();
+        // Prices live with the ledger: without one, requests are not costed.
+        let cost = match (&self.ledger, self.stats.usage, dep) {
+            (Some(sink), Some(u), Some(d)) => sink
+                .prices
+                .price(&d.model, &d.upstream_model)
+                .map(|p| p.cost(&u)),
+            _ => None,
+        };
         if let Some(m) = &self.metrics {
             m.in_flight(-1);
             if self.streaming {
@@ -150,19 +158,18 @@ impl RequestLog {
             if let Some(scope) = self.limited_by {
                 m.rate_limited(scope);
             }
+            if let Some(c) = cost {
+                m.cost(
+                    self.model.as_deref(),
+                    dep.map(|d| d.provider.name.as_str()),
+                    c,
+                );
+            }
         }
         let usage = self.stats.usage;
         let tokens_out = usage.map(|u| u.completion_tokens);
         let tokens_per_sec = self.stats.tokens_per_sec(latency);
         let error_code = self.error.as_ref().map(|e| e.code.as_str());
-        // Prices live with the ledger: without one, requests are not costed.
-        let cost = match (&self.ledger, usage, dep) {
-            (Some(sink), Some(u), Some(d)) => sink
-                .prices
-                .price(&d.model, &d.upstream_model)
-                .map(|p| p.cost(&u)),
-            _ => None,
-        };
         if let Some(sink) = &self.ledger {
             if let (Some(k), Some(b), Some(c)) = (&self.key, self.budget, cost) {
                 sink.add_spend(k, c, b.period);

@@ -16,6 +16,8 @@ pub struct VirtualKey {
     pub limits: RateLimits,
     /// USD it may spend per period (no period: ever), from the ledger.
     pub budget: Option<Budget>,
+    /// Its prompts and completions are logged (opt-in).
+    pub log_content: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -81,6 +83,7 @@ impl KeyRing {
                                 max_usd,
                                 period: k.budget_period,
                             }),
+                            log_content: k.log_content,
                         }),
                     )
                 })
@@ -173,6 +176,7 @@ mod tests {
                 max_budget_usd: None,
                 budget_period: None,
                 metadata: Default::default(),
+                log_content: false,
             }],
         };
         let ring = KeyRing::new(&auth);

@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_llm-proxy");
 const MASTER: &str = "master-secret-5d0c1b7e";
+const AUDITED_KEY: &str = "audited-key-must-not-be-logged-0123";
 const LIMITED_KEY: &str = "limited-key-must-not-be-logged-0123";
 const UPSTREAM_KEY: &str = "sk-upstream-9a8b7c6d5e4f3a2b";
 
@@ -127,7 +128,7 @@ async fn logs_have_one_line_per_request_and_never_a_key() {
     let flaky_up = fake_upstream().await;
     let ledger = std::env::temp_dir().join(format!("llm-proxy-logs-{}.db", std::process::id()));
     let cfg = temp_config(&format!(
-        "auth: {{ master_key: ${{MK}}, keys: [ {{ name: limited, key: ${{LK}}, rpm: 1 }} ] }}\nproviders:\n  up: {{ kind: openai, base_url: '{}', api_key: ${{UK}} }}\n  \
+        "auth: {{ master_key: ${{MK}}, keys: [ {{ name: limited, key: ${{LK}}, rpm: 1 }}, {{ name: audited, key: ${{AK}}, log_content: true }} ] }}\nproviders:\n  up: {{ kind: openai, base_url: '{}', api_key: ${{UK}} }}\n  \
          flaky_up: {{ kind: openai, base_url: '{}', api_key: ${{UK}} }}\n\
          models: [ {{ name: chat, provider: up, model: ok, input_cost_per_token: 0.001, output_cost_per_token: 0.002 }}, {{ name: echo, provider: up, model: echo-key }}, {{ name: tools, provider: up, model: tools }},\n  \
          {{ name: flaky, provider: flaky_up, model: fail500-once }}, {{ name: hang, provider: up, model: hang }} ]\n\
@@ -142,6 +143,7 @@ async fn logs_have_one_line_per_request_and_never_a_key() {
         .env("MK", MASTER)
         .env("UK", UPSTREAM_KEY)
         .env("LK", LIMITED_KEY)
+        .env("AK", AUDITED_KEY)
         .env(
             "LLM_PROXY__LEDGER_DATABASE_URL",
             format!("sqlite://{}", ledger.display()),
@@ -206,6 +208,20 @@ async fn logs_have_one_line_per_request_and_never_a_key() {
         .await
         .unwrap();
     assert_eq!(limited.status(), 429);
+    // A key that opted in to content logging: its prompt and completion, streamed too.
+    for stream in [false, true] {
+        let r = c
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(AUDITED_KEY)
+            .header("x-request-id", format!("req-audited-{stream}"))
+            .json(&json!({"model": "chat", "stream": stream,
+                          "messages": [{"role": "user", "content": "audit this prompt"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap();
+    }
 
     // SIGTERM: graceful shutdown, then read everything it wrote.
     let pid = child.id().unwrap();
@@ -302,6 +318,25 @@ async fn logs_have_one_line_per_request_and_never_a_key() {
     assert_eq!(limited["error_code"], "RATE_LIMIT");
     assert_eq!(limited["key"], "limited");
     assert_eq!(limited["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+
+    // Content lines: only for the audited key (two requests), none for the other keys'.
+    let content: Vec<Value> = log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "llm_proxy::content")
+        .collect();
+    assert_eq!(content.len(), 2, "{content:?}");
+    for line in &content {
+        assert_eq!(line["key"], "audited");
+        assert!(
+            line["prompt"]
+                .as_str()
+                .unwrap()
+                .contains("audit this prompt"),
+            "{line}"
+        );
+        assert!(!line["completion"].as_str().unwrap().is_empty(), "{line}");
+    }
     for ext in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{ext}", ledger.display()));
     }

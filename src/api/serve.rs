@@ -198,6 +198,11 @@ pub(crate) async fn serve<D: Dialect>(
     drop(bytes);
     if let Principal::Key(k) = &caller.principal {
         log.key = Some(k.name.clone());
+        if k.log_content {
+            log.content = Some(crate::telemetry::ContentLog::new(
+                serde_json::to_string(&req.messages).unwrap_or_default(),
+            ));
+        }
         if !k.allows(&req.model) {
             let e = ProxyError::new(
                 ErrorCode::Forbidden,
@@ -313,6 +318,9 @@ pub(crate) async fn serve<D: Dialect>(
             Ok(resp) => {
                 log.stats.usage = resp.usage;
                 log.stats.finish = resp.finish_reason;
+                if let (Some(c), Some(text)) = (&mut log.content, &resp.message.content) {
+                    c.push(text);
+                }
                 log.emit("ok");
                 let x = Exchange {
                     model: &req.model,
@@ -483,6 +491,9 @@ fn sse_body<D: Dialect>(
                     let started = st.log.started;
                     for ev in &chunk.events {
                         st.log.stats.observe(started, ev);
+                        if let Some(c) = &mut st.log.content {
+                            c.observe(ev);
+                        }
                     }
                     st.log.stats.chunks += 1;
                     if let Some(frame) = D::stream_chunk(&mut st.enc, chunk) {

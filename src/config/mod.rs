@@ -224,6 +224,9 @@ pub struct VirtualKeySettings {
     pub budget_period: Option<Duration>,
     /// Free-form (team, owner, …), shown in logs by name only.
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Log this key's prompts and completions (an explicit opt-in, e.g. for an audited
+    /// integration); off, nothing a user wrote or a model answered reaches the logs.
+    pub log_content: bool,
 }
 
 impl std::fmt::Debug for VirtualKeySettings {

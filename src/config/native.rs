@@ -101,6 +101,8 @@ struct Key {
     budget_period: Option<Duration>,
     #[serde(default)]
     metadata: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    log_content: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -453,6 +455,7 @@ fn virtual_key(i: usize, k: Key) -> Result<VirtualKeySettings, ConfigError> {
         max_budget_usd: k.max_budget_usd,
         budget_period: k.budget_period,
         metadata: k.metadata,
+        log_content: k.log_content,
     })
 }
 

@@ -6,7 +6,7 @@ mod request_log;
 mod trace;
 
 pub use metrics::Metrics;
-pub use request_log::{RequestLog, StreamStats};
+pub use request_log::{ContentLog, RequestLog, StreamStats};
 pub use trace::TraceContext;
 
 use std::io::IsTerminal;

@@ -76,7 +76,62 @@ pub struct RequestLog {
     /// are exported).
     pub tracer: Option<Arc<super::otlp::Exporter>>,
     pub trace: Option<super::TraceContext>,
+    /// The prompt and completion, for keys that opted in to content logging.
+    pub content: Option<ContentLog>,
     emitted: bool,
+}
+
+/// What a content-logging key sent and received. The completion is capped, so a long
+/// stream cannot grow it without bound.
+#[derive(Debug, Default)]
+pub struct ContentLog {
+    pub prompt: String,
+    pub completion: String,
+    pub truncated: bool,
+}
+
+/// The most completion text a content log keeps.
+const CONTENT_CAP: usize = 256 * 1024;
+
+impl ContentLog {
+    /// Starts a content log with the prompt (capped like the completion).
+    pub fn new(mut prompt: String) -> Self {
+        let mut truncated = false;
+        if prompt.len() > CONTENT_CAP {
+            let mut end = CONTENT_CAP;
+            while !prompt.is_char_boundary(end) {
+                end -= 1;
+            }
+            prompt.truncate(end);
+            truncated = true;
+        }
+        Self {
+            prompt,
+            completion: String::new(),
+            truncated,
+        }
+    }
+
+    pub fn push(&mut self, text: &str) {
+        let room = CONTENT_CAP.saturating_sub(self.completion.len());
+        if text.len() <= room {
+            self.completion.push_str(text);
+        } else {
+            let mut end = room;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.completion.push_str(&text[..end]);
+            self.truncated = true;
+        }
+    }
+
+    /// Adds a stream event's text.
+    pub fn observe(&mut self, event: &ChatEvent) {
+        if let ChatEvent::TextDelta(t) = event {
+            self.push(t);
+        }
+    }
 }
 
 impl RequestLog {
@@ -101,6 +156,7 @@ impl RequestLog {
             budget: None,
             tracer: None,
             trace: None,
+            content: None,
             emitted: false,
         }
     }
@@ -247,6 +303,19 @@ impl RequestLog {
             line!(tracing::Level::WARN);
         } else {
             line!(tracing::Level::INFO);
+        }
+        // A line of its own (target `llm_proxy::content`), so the request line's shape
+        // never changes and operators can route content elsewhere by target.
+        if let Some(c) = &self.content {
+            tracing::info!(
+                target: "llm_proxy::content",
+                request_id = %self.request_id,
+                key = self.key.as_deref(),
+                prompt = %c.prompt,
+                completion = %c.completion,
+                truncated = c.truncated,
+                "content"
+            );
         }
     }
 }

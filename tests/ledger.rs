@@ -46,7 +46,7 @@ fn rows(db: &std::path::Path, sql: &str) -> i64 {
 #[tokio::test]
 async fn one_row_per_request_costs_admin_api_and_a_flush_on_shutdown() {
     let db = db_path();
-    let mut px = proxy(&config(&db)).await;
+    let px = proxy(&config(&db)).await;
     let url = px.url();
 
     // A burst of mixed requests: replies, streams, errors, and clients that hang up.
@@ -111,12 +111,7 @@ async fn one_row_per_request_costs_admin_api_and_a_flush_on_shutdown() {
     assert!(team["cost_usd"].as_f64().unwrap() > 0.0);
 
     // Graceful shutdown flushes the queue: exactly one row per request.
-    px.shutdown();
-    tokio::time::timeout(Duration::from_secs(10), px.handle)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    stop(px).await;
     assert_eq!(rows(&db, "SELECT COUNT(*) FROM requests"), 1000);
     assert_eq!(
         rows(&db, "SELECT COUNT(DISTINCT request_id) FROM requests"),

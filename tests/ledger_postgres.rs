@@ -183,15 +183,6 @@ async fn post(url: &str, key: &str) -> reqwest::Response {
         .unwrap()
 }
 
-async fn stop(mut px: llm_proxy::server::RunningServer) {
-    px.shutdown();
-    tokio::time::timeout(Duration::from_secs(10), px.handle)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-}
-
 async fn count(url: &str, sql: &str) -> i64 {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await

@@ -9,7 +9,6 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -76,7 +75,7 @@ async fn spans_per_request_and_attempt_with_genai_attributes() {
         up.base_url(),
         flaky.base_url()
     );
-    let mut px = proxy(&yaml).await;
+    let px = proxy(&yaml).await;
     let send = |model: &str, traceparent: Option<String>| {
         let mut r = client()
             .post(format!("{}/v1/chat/completions", px.url()))
@@ -109,12 +108,7 @@ async fn spans_per_request_and_attempt_with_genai_attributes() {
     r.text().await.unwrap();
 
     // Graceful shutdown flushes the exporter.
-    px.shutdown();
-    tokio::time::timeout(Duration::from_secs(10), px.handle)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    stop(px).await;
 
     let got = got.lock().unwrap().clone();
     assert!(!got.is_empty(), "the collector received nothing");
@@ -247,7 +241,7 @@ async fn a_collector_that_is_down_costs_no_request() {
         "providers: {{ mock: {{ kind: mock }} }}\nmodels: [ {{ name: m, provider: mock, model: mock-small }} ]\n\
          tracing: {{ otlp_endpoint: 'http://127.0.0.1:{port}/v1/traces' }}\n"
     );
-    let mut px = proxy(&yaml).await;
+    let px = proxy(&yaml).await;
     for _ in 0..20 {
         let r = client()
             .post(format!("{}/v1/chat/completions", px.url()))
@@ -257,10 +251,5 @@ async fn a_collector_that_is_down_costs_no_request() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    px.shutdown();
-    tokio::time::timeout(Duration::from_secs(10), px.handle)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    stop(px).await;
 }

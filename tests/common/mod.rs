@@ -434,6 +434,17 @@ pub async fn proxy_with_env(yaml: &str, env: HashMap<String, String>) -> Running
     llm_proxy::server::spawn(&s).await.unwrap()
 }
 
+/// Shuts a server down gracefully and waits (at most 10 s) until it has stopped, its
+/// ledger and trace exporter flushed.
+pub async fn stop(mut px: RunningServer) {
+    px.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), px.handle)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
 pub async fn proxy(yaml: &str) -> RunningServer {
     proxy_with_env(yaml, HashMap::new()).await
 }

@@ -14,7 +14,9 @@ mod sqlite;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
+};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -97,8 +99,14 @@ trait BatchWriter {
 }
 
 /// How much the writer gathers before writing (or after how long it writes anyway).
-const BATCH: usize = 500;
+const BATCH: usize = 5000;
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// Once a record arrives the writer sleeps this long, then takes everything queued: a
+/// busy proxy then costs one transaction per interval, not one per wake-up, and senders
+/// rarely have to wake the writer. (Measured: at ~18k requests/s on one core, draining
+/// at once made the writer cost about 20 µs of CPU per request.) The queue must hold what
+/// arrives meanwhile: the default 10,000 covers 100,000 requests/s.
+const GATHER: Duration = Duration::from_millis(100);
 /// Records kept in memory for `/admin/requests`.
 const RECENT: usize = 1000;
 
@@ -270,8 +278,8 @@ impl Ledger {
     }
 }
 
-/// The writer thread: batches of up to `BATCH` records, or whatever came in
-/// `FLUSH_EVERY`; on a failed write it keeps the batch and tries again shortly, so a busy
+/// The writer thread: batches of everything queued `GATHER` after a record arrived (up
+/// to `BATCH`); on a failed write it keeps the batch and tries again shortly, so a busy
 /// or briefly unreachable database loses nothing queued. Once the ledger is closed it
 /// tries a bounded number of times, so a dead database cannot hold the shutdown forever.
 fn writer(mut sink: Box<dyn BatchWriter>, rx: Receiver<UsageRecord>, written: Arc<AtomicU64>) {
@@ -284,10 +292,15 @@ fn writer(mut sink: Box<dyn BatchWriter>, rx: Receiver<UsageRecord>, written: Ar
             match rx.recv_timeout(FLUSH_EVERY) {
                 Ok(r) => {
                     batch.push(r);
+                    std::thread::sleep(GATHER);
                     while batch.len() < BATCH {
                         match rx.try_recv() {
                             Ok(r) => batch.push(r),
-                            Err(_) => break,
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => {
+                                closed = true;
+                                break;
+                            }
                         }
                     }
                 }

@@ -62,10 +62,7 @@ pub async fn usage(
             return ApiError::new(e, &ctx).into_response();
         }
     };
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now_ms = crate::ledger::now_ms();
     let since = match q.since.as_deref() {
         None => now_ms - 86_400_000,
         Some(s) => match s.parse::<i64>() {

@@ -228,12 +228,7 @@ pub(crate) async fn serve<D: Dialect>(
                     ),
                 );
                 if let Some(p) = b.period {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default();
-                    let p_ms = p.as_millis().max(1);
-                    let left = p_ms - now.as_millis() % p_ms;
-                    e = e.with_retry_after(Duration::from_millis(left as u64));
+                    e = e.with_retry_after(crate::ledger::period_left(p));
                 }
                 return fail::<D>(log, e, &ctx);
             }
@@ -277,7 +272,10 @@ pub(crate) async fn serve<D: Dialect>(
         started: ctx.started,
         may_use: &may_use,
     };
-    let mut outcome = Outcome::default();
+    let mut outcome = Outcome {
+        attempt_log: log.tracer.is_some().then(Vec::new),
+        ..Outcome::default()
+    };
     if req.is_stream() {
         let opened = tokio::select! {
             r = state.router.chat_stream(&req, &route, &rc, &mut outcome) => r,

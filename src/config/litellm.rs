@@ -139,11 +139,7 @@ pub(super) fn load(
         let key = "general_settings.database_url";
         match scalar_string(&v, key)? {
             Some(url) if url.trim_start().starts_with("postgres") => {
-                s.ledger.store =
-                    crate::ledger::Store::parse(&url).map_err(|message| ConfigError::Invalid {
-                        key: key.into(),
-                        message,
-                    })?;
+                s.ledger.store = super::ledger_store(&url, key)?;
             }
             Some(_) => s.warnings.push(format!(
                 "`{key}` is ignored: only a PostgreSQL URL is used (as the shared usage \

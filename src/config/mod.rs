@@ -261,6 +261,14 @@ impl Default for LedgerSettings {
     }
 }
 
+/// Parses a ledger URL found at config key `key`.
+pub fn ledger_store(url: &str, key: &str) -> Result<crate::ledger::Store, ConfigError> {
+    crate::ledger::Store::parse(url).map_err(|message| ConfigError::Invalid {
+        key: key.into(),
+        message,
+    })
+}
+
 /// The OTLP/HTTP traces URL from a collector's base URL (`…/v1/traces` appended, as the
 /// OpenTelemetry SDKs do with `OTEL_EXPORTER_OTLP_ENDPOINT`) or a full traces URL.
 pub fn otlp_traces_url(endpoint: &str, key: &str) -> Result<String, ConfigError> {

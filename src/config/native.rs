@@ -297,11 +297,7 @@ pub(super) fn load(
         s.ledger.enabled = e;
     }
     if let Some(url) = lg.database_url {
-        s.ledger.store =
-            crate::ledger::Store::parse(&url).map_err(|message| ConfigError::Invalid {
-                key: "ledger.database_url".into(),
-                message,
-            })?;
+        s.ledger.store = super::ledger_store(&url, "ledger.database_url")?;
     }
     if let Some(n) = lg.queue_size {
         s.ledger.queue_size = n.max(1);

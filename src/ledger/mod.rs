@@ -371,7 +371,8 @@ pub struct Sink {
     spend: Mutex<HashMap<String, (i64, f64)>>,
 }
 
-fn now_ms() -> i64 {
+/// Unix time in milliseconds, as the ledger keeps it.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -385,6 +386,12 @@ fn window_start(now: i64, period: Option<Duration>) -> i64 {
         Some(p) => now - now.rem_euclid(p),
         None => 0,
     }
+}
+
+/// How long until the current budget period ends (and a spent budget is fresh again).
+pub fn period_left(period: Duration) -> Duration {
+    let p = (period.as_millis() as i64).max(1);
+    Duration::from_millis((p - now_ms().rem_euclid(p)) as u64)
 }
 
 impl Sink {

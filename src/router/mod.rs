@@ -64,8 +64,9 @@ pub struct Outcome {
     /// Time spent waiting on upstreams (every attempt, to its reply or first chunk): the
     /// rest of a request's time is the proxy's own overhead.
     pub upstream: Duration,
-    /// Every attempt, in order: the trace's client spans.
-    pub attempt_log: Vec<Attempt>,
+    /// Every attempt, in order, for the trace's client spans: recorded only when the
+    /// caller asks (`Some`), so requests that are not traced pay nothing for it.
+    pub attempt_log: Option<Vec<Attempt>>,
 }
 
 /// One upstream attempt: where, when, how long (to its reply or first chunk), and the
@@ -504,12 +505,14 @@ impl Router {
                 let result = attempt(dep.clone(), limit).await;
                 let elapsed = called.elapsed();
                 outcome.upstream += elapsed;
-                outcome.attempt_log.push(Attempt {
-                    deployment: dep.clone(),
-                    started: called,
-                    elapsed,
-                    error: result.as_ref().err().map(UpstreamError::class),
-                });
+                if let Some(log) = &mut outcome.attempt_log {
+                    log.push(Attempt {
+                        deployment: dep.clone(),
+                        started: called,
+                        elapsed,
+                        error: result.as_ref().err().map(UpstreamError::class),
+                    });
+                }
                 let err = match result {
                     Ok(v) => {
                         dep.state.on_success();

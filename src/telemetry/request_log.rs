@@ -93,18 +93,21 @@ pub struct ContentLog {
 /// The most completion text a content log keeps.
 const CONTENT_CAP: usize = 256 * 1024;
 
+/// The longest prefix of `text` that fits in `room` bytes, on a character boundary.
+fn fitting(text: &str, room: usize) -> &str {
+    let mut end = room.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 impl ContentLog {
     /// Starts a content log with the prompt (capped like the completion).
     pub fn new(mut prompt: String) -> Self {
-        let mut truncated = false;
-        if prompt.len() > CONTENT_CAP {
-            let mut end = CONTENT_CAP;
-            while !prompt.is_char_boundary(end) {
-                end -= 1;
-            }
-            prompt.truncate(end);
-            truncated = true;
-        }
+        let keep = fitting(&prompt, CONTENT_CAP).len();
+        let truncated = keep < prompt.len();
+        prompt.truncate(keep);
         Self {
             prompt,
             completion: String::new(),
@@ -114,16 +117,9 @@ impl ContentLog {
 
     pub fn push(&mut self, text: &str) {
         let room = CONTENT_CAP.saturating_sub(self.completion.len());
-        if text.len() <= room {
-            self.completion.push_str(text);
-        } else {
-            let mut end = room;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            self.completion.push_str(&text[..end]);
-            self.truncated = true;
-        }
+        let kept = fitting(text, room);
+        self.completion.push_str(kept);
+        self.truncated |= kept.len() < text.len();
     }
 
     /// Adds a stream event's text.
@@ -230,12 +226,8 @@ impl RequestLog {
             if let (Some(k), Some(b), Some(c)) = (&self.key, self.budget, cost) {
                 sink.add_spend(k, c, b.period);
             }
-            let at_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
             sink.ledger.record(crate::ledger::UsageRecord {
-                at_ms,
+                at_ms: crate::ledger::now_ms(),
                 request_id: self.request_id.to_string(),
                 trace_id: self.trace_id.clone(),
                 key: self.key.clone(),
@@ -388,7 +380,8 @@ impl RequestLog {
         if let Some(e) = &self.error {
             attrs.push(("error.type", str(e.code.as_str())));
         }
-        let mut spans = Vec::with_capacity(1 + self.outcome.attempt_log.len());
+        let attempts = self.outcome.attempt_log.as_deref().unwrap_or_default();
+        let mut spans = Vec::with_capacity(1 + attempts.len());
         spans.push(Span {
             trace_id: tc.trace_id.clone(),
             span_id: tc.span_id.clone(),
@@ -404,7 +397,7 @@ impl RequestLog {
                 .filter(|_| self.status >= 500)
                 .map(|e| e.message.clone()),
         });
-        for a in &self.outcome.attempt_log {
+        for a in attempts {
             let d = &a.deployment;
             let mut attrs = vec![
                 ("gen_ai.operation.name", str(operation)),

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod ids;
 pub mod keys;
 pub mod ledger;
 pub mod limits;

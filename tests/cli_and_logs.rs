@@ -31,7 +31,8 @@ mod tempfile_path {
         }
     }
     pub fn write(text: &str) -> TempPath {
-        let p = std::env::temp_dir().join(format!("llm-proxy-test-{}.yaml", uuid::Uuid::new_v4()));
+        let p =
+            std::env::temp_dir().join(format!("llm-proxy-test-{}.yaml", llm_proxy::ids::uuid_v4()));
         std::fs::write(&p, text).unwrap();
         TempPath(p)
     }

@@ -15,7 +15,7 @@ const MASTER: &str = "ledger-master-0123456789";
 const TEAM: &str = "ledger-team-key-0123456789";
 
 fn db_path() -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("llm-proxy-ledger-{}.db", uuid::Uuid::new_v4()))
+    std::env::temp_dir().join(format!("llm-proxy-ledger-{}.db", llm_proxy::ids::uuid_v4()))
 }
 
 fn config(db: &std::path::Path) -> String {
@@ -209,7 +209,10 @@ fn assert_every_completed_request_has_a_row(db: &std::path::Path, completed: &[S
 async fn sigterm_mid_burst_loses_no_completed_request() {
     use tokio::io::AsyncBufReadExt;
     let db = db_path();
-    let cfg = std::env::temp_dir().join(format!("llm-proxy-ledger-{}.yaml", uuid::Uuid::new_v4()));
+    let cfg = std::env::temp_dir().join(format!(
+        "llm-proxy-ledger-{}.yaml",
+        llm_proxy::ids::uuid_v4()
+    ));
     std::fs::write(&cfg, config(&db)).unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_llm-proxy"))
         .arg("--config")

@@ -74,7 +74,7 @@ struct Postgres {
 impl Postgres {
     fn start(bin: &Path) -> Self {
         let user = run_as();
-        let dir = std::env::temp_dir().join(format!("llm-proxy-pg-{}", uuid::Uuid::new_v4()));
+        let dir = std::env::temp_dir().join(format!("llm-proxy-pg-{}", llm_proxy::ids::uuid_v4()));
         std::fs::create_dir(&dir).unwrap();
         let pwfile = dir.join("pw");
         std::fs::write(&pwfile, PASSWORD).unwrap();

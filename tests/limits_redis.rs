@@ -96,7 +96,7 @@ fn write_config(redis_port: u16, mode: &str) -> std::path::PathBuf {
     );
     let path = std::env::temp_dir().join(format!(
         "llm-proxy-redis-{mode}-{}.yaml",
-        uuid::Uuid::new_v4()
+        llm_proxy::ids::uuid_v4()
     ));
     std::fs::write(&path, text).unwrap();
     path

@@ -75,7 +75,10 @@ async fn metrics_parse_and_move_with_traffic() {
         .local_addr()
         .unwrap()
         .port();
-    let db = std::env::temp_dir().join(format!("llm-proxy-metrics-{}.db", uuid::Uuid::new_v4()));
+    let db = std::env::temp_dir().join(format!(
+        "llm-proxy-metrics-{}.db",
+        llm_proxy::ids::uuid_v4()
+    ));
     let yaml = format!(
         "providers: {{ mock: {{ kind: mock }} }}\n\
          models: [ {{ name: mock-small, provider: mock, input_cost_per_token: 0.001, output_cost_per_token: 0.002 }} ]\n\

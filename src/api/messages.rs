@@ -75,7 +75,10 @@ impl Dialect for Anthropic {
     }
 
     fn stream_start(req: &ChatRequest, _: (), _: &Exchange<'_>) -> EventEncoder {
-        EventEncoder::new(uuid::Uuid::new_v4().simple().to_string(), req.model.clone())
+        EventEncoder::new(
+            crate::ids::uuid_v4().simple().to_string(),
+            req.model.clone(),
+        )
     }
 
     fn stream_chunk(st: &mut EventEncoder, chunk: StreamChunk) -> Option<Bytes> {

@@ -193,7 +193,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestCtx {
 pub(crate) struct Logged;
 
 fn new_request_id() -> Arc<str> {
-    uuid::Uuid::new_v4().to_string().into()
+    crate::ids::uuid_v4().to_string().into()
 }
 
 /// Accepts the caller's `X-Request-Id` when it is a sane token, so ids can be correlated

@@ -44,7 +44,7 @@ impl Dialect for OpenAi {
     fn stream_start(req: &ChatRequest, _: (), _: &Exchange<'_>) -> OpenAiStream {
         OpenAiStream {
             encoder: ChunkEncoder::new(
-                format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+                format!("chatcmpl-{}", crate::ids::uuid_v4().simple()),
                 req.model.clone(),
                 unix_now(),
             ),

@@ -218,7 +218,7 @@ impl Limiter {
     ) -> Result<Ticket, (ProxyError, RateStatus)> {
         // Parallel slots are named by us, never by the client's request id (a client
         // reusing one id must not share one slot across requests).
-        let slot = format!("{request_id}:{}", uuid::Uuid::new_v4().simple());
+        let slot = format!("{request_id}:{}", crate::ids::uuid_v4().simple());
         let request_id = slot.as_str();
         let mut shared = false;
         let decision = match &self.redis {

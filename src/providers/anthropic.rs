@@ -12,7 +12,9 @@ use crate::wire::sse::{SseEvent, named_frame};
 #[derive(Debug)]
 pub struct AnthropicProvider {
     client: reqwest::Client,
-    messages_url: String,
+    /// Parsed once at start (parsing per request is measurable); `Err` keeps the string
+    /// so a malformed base is reported per request by the client.
+    messages_url: Result<reqwest::Url, String>,
     models_url: String,
     api_key: Option<Secret>,
     headers: http::HeaderMap,
@@ -35,7 +37,10 @@ impl AnthropicProvider {
         };
         Self {
             client,
-            messages_url: format!("{v1}/messages"),
+            messages_url: {
+                let url = format!("{v1}/messages");
+                reqwest::Url::parse(&url).map_err(|_| url)
+            },
             models_url: format!("{v1}/models"),
             api_key,
             headers,
@@ -59,7 +64,10 @@ impl AnthropicProvider {
         stream: bool,
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut rb = self
-            .request(self.client.post(&self.messages_url))
+            .request(match &self.messages_url {
+                Ok(url) => self.client.post(url.clone()),
+                Err(raw) => self.client.post(raw.as_str()),
+            })
             .header(http::header::CONTENT_TYPE, "application/json");
         if let Some(tp) = &req.traceparent {
             rb = rb.header("traceparent", tp);

@@ -370,7 +370,7 @@ impl ChatProvider for MockProvider {
             reply.push(ev);
         }
         Ok(ChatResponse {
-            id: format!("chatcmpl-mock-{}", uuid::Uuid::new_v4().simple()),
+            id: format!("chatcmpl-mock-{}", crate::ids::uuid_v4().simple()),
             model: model.to_owned(),
             created: unix_now(),
             message: reply.message,

@@ -45,6 +45,10 @@ pub struct OpenAiProvider {
     /// Base URL ending in the API version, e.g. `https://api.openai.com/v1`.
     base_url: String,
     chat_url: String,
+    /// `chat_url` parsed once: parsing a URL (host, IDNA) on every request cost about as
+    /// much CPU as the rest of building the request. `None` when it does not parse; the
+    /// string is then handed to the client, which reports the error per request.
+    chat_url_parsed: Option<reqwest::Url>,
     flavor: Flavor,
     api_key: Option<Secret>,
     headers: http::HeaderMap,
@@ -88,8 +92,10 @@ impl OpenAiProvider {
         headers: http::HeaderMap,
     ) -> Self {
         let base_url = base_url.trim_end_matches('/').to_owned();
+        let chat_url = format!("{base_url}/chat/completions");
         Self {
-            chat_url: format!("{base_url}/chat/completions"),
+            chat_url_parsed: reqwest::Url::parse(&chat_url).ok(),
+            chat_url,
             client,
             base_url,
             flavor,
@@ -135,9 +141,13 @@ impl OpenAiProvider {
         stream: bool,
         traceparent: Option<&str>,
     ) -> reqwest::RequestBuilder {
-        let mut rb = self
-            .client
-            .post(self.chat_url(model).as_ref())
+        let rb = match (&self.flavor, &self.chat_url_parsed) {
+            (Flavor::Azure { .. }, _) | (_, None) => {
+                self.client.post(self.chat_url(model).as_ref())
+            }
+            (_, Some(url)) => self.client.post(url.clone()),
+        };
+        let mut rb = rb
             .headers(self.headers.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(

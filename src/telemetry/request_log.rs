@@ -412,7 +412,7 @@ impl RequestLog {
             let begun = wall(a.started);
             spans.push(Span {
                 trace_id: tc.trace_id.clone(),
-                span_id: super::trace::random_hex(8),
+                span_id: crate::ids::nonzero_hex(8),
                 parent_span_id: Some(tc.span_id.clone()),
                 name: format!("{operation} {}", d.upstream_model),
                 kind: SpanKind::Client,

@@ -14,15 +14,6 @@ pub struct TraceContext {
     pub sampled: bool,
 }
 
-pub(crate) fn random_hex(bytes: usize) -> String {
-    let mut out = String::with_capacity(bytes * 2);
-    while out.len() < bytes * 2 {
-        out.push_str(&uuid::Uuid::new_v4().simple().to_string());
-    }
-    out.truncate(bytes * 2);
-    out
-}
-
 fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
@@ -36,11 +27,11 @@ impl TraceContext {
             .and_then(parse);
         let (trace_id, parent_span_id, sampled) = match parent {
             Some((t, p, s)) => (t, Some(p), s),
-            None => (random_hex(16), None, true),
+            None => (crate::ids::nonzero_hex(16), None, true),
         };
         Self {
             trace_id,
-            span_id: random_hex(8),
+            span_id: crate::ids::nonzero_hex(8),
             parent_span_id,
             sampled,
         }

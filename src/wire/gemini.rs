@@ -32,7 +32,7 @@ const SIGNATURE_MARK: &str = "_ts_";
 
 /// A tool call id for the `n`-th call of a reply, carrying Gemini's thought signature.
 pub fn tool_call_id(n: usize, signature: Option<&str>) -> String {
-    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let nonce = crate::ids::uuid_v4().simple().to_string();
     let short = &nonce[..12];
     match signature {
         Some(sig) if !sig.is_empty() => format!(
@@ -439,7 +439,7 @@ pub fn decode_response(body: &[u8]) -> Result<ChatResponse, serde_json::Error> {
     Ok(ChatResponse {
         id: id
             .map(|id| format!("chatcmpl-{id}"))
-            .unwrap_or_else(|| format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())),
+            .unwrap_or_else(|| format!("chatcmpl-{}", crate::ids::uuid_v4().simple())),
         model: model.unwrap_or_default(),
         created: crate::providers::mock::unix_now(),
         message: reply.message,

@@ -96,7 +96,7 @@ fn finish_str(f: Option<FinishReason>) -> Option<&'static str> {
 
 fn reply_id(resp: &ChatResponse) -> String {
     if resp.id.is_empty() {
-        format!("llm-{}", uuid::Uuid::new_v4().simple())
+        format!("llm-{}", crate::ids::uuid_v4().simple())
     } else {
         resp.id.clone()
     }

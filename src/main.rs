@@ -188,7 +188,8 @@ fn describe(s: &Settings) -> String {
 }
 
 fn run(settings: Settings) -> ExitCode {
-    llm_proxy::telemetry::init(&settings.log_level);
+    // Dropped when `run` returns, after the runtime: writes the last queued log lines.
+    let _log_flush = llm_proxy::telemetry::init(&settings.log_level);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -232,6 +232,8 @@ fn env_overrides_win_and_bad_values_name_the_variable() {
         ("LLM_PROXY__REQUEST_TIMEOUT", "45"),
         ("LLM_PROXY__MAX_CONCURRENT_REQUESTS", "7"),
         ("LLM_PROXY__DEFAULT_MODEL", "mock-small"),
+        ("LLM_PROXY__RATE_LIMIT_RPM", "600"),
+        ("LLM_PROXY__RATE_LIMIT_TPM", "90000"),
         ("LLM_PROXY__LOG_LEVEL", "DEBUG"),
         ("LLM_PROXY__LLM_MODE", "mock"),
         (
@@ -252,6 +254,8 @@ fn env_overrides_win_and_bad_values_name_the_variable() {
     assert_eq!(s.routing.timeout.as_secs(), 45);
     assert_eq!(s.server.max_concurrent_requests, 7);
     assert_eq!(s.default_model.as_deref(), Some("mock-small"));
+    assert_eq!(s.limits.per_ip.rpm, Some(600));
+    assert_eq!(s.limits.per_ip.tpm, Some(90000));
     assert_eq!(s.log_level, "debug");
     assert!(s.warnings.iter().any(|w| w.contains("LLM_PROXY__LLM_MODE")));
 
@@ -263,6 +267,10 @@ fn env_overrides_win_and_bad_values_name_the_variable() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("LLM_PROXY__REQUEST_TIMEOUT"), "{msg}");
+    let msg = config::load(None, &env(&[("LLM_PROXY__RATE_LIMIT_RPM", "lots")]))
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("LLM_PROXY__RATE_LIMIT_RPM"), "{msg}");
     let msg = config::load(
         None,
         &env(&[("LLM_PROXY__LEDGER_DATABASE_URL", "mysql://x")]),

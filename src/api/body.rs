@@ -48,6 +48,16 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProxyError> {
             "request body is empty; send a JSON object",
         ));
     }
+    // Tracking the field path costs on every field of every request, so only a body that
+    // fails to decode is decoded again with it, for the error message.
+    match serde_json::from_slice(bytes) {
+        Ok(value) => Ok(value),
+        Err(_) => decode_located(bytes),
+    }
+}
+
+/// The slow path of [`decode`]: the same decode, with the failing field's path.
+fn decode_located<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProxyError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

@@ -25,6 +25,7 @@ use http::request::Parts;
 use http::{HeaderValue, Method};
 use tokio::sync::Semaphore;
 
+pub use body::decode as decode_body;
 pub use error::ApiError;
 
 use crate::config::Settings;

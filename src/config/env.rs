@@ -61,6 +61,14 @@ pub fn apply_env_overrides(s: &mut Settings, env: &dyn EnvSource) -> Result<(), 
         s.server.max_concurrent_requests =
             parse("LLM_PROXY__MAX_CONCURRENT_REQUESTS", &v, "a whole number")?;
     }
+    // The per-address limit (`limits.per_ip`), the rule that applies to master-key and
+    // anonymous callers: settable per deployment without editing a shared config file.
+    if let Some(v) = env.var("LLM_PROXY__RATE_LIMIT_RPM") {
+        s.limits.per_ip.rpm = Some(parse("LLM_PROXY__RATE_LIMIT_RPM", &v, "a whole number")?);
+    }
+    if let Some(v) = env.var("LLM_PROXY__RATE_LIMIT_TPM") {
+        s.limits.per_ip.tpm = Some(parse("LLM_PROXY__RATE_LIMIT_TPM", &v, "a whole number")?);
+    }
     if let Some(v) = env.var("LLM_PROXY__DEFAULT_MODEL") {
         if !v.trim().is_empty() {
             s.default_model = Some(v.trim().to_owned());

@@ -14,6 +14,15 @@ use futures_util::StreamExt;
 use serde_json::{Map, Value};
 use tokio::time::{Instant, sleep_until};
 
+/// Waits until `deadline`, or not at all when it has passed: a tokio timer fires on its
+/// next millisecond tick even for a deadline already reached, which would give an unpaced
+/// mock (`-d0-t0`) a millisecond of latency per reply.
+async fn pace(deadline: Instant) {
+    if deadline > Instant::now() {
+        sleep_until(deadline).await;
+    }
+}
+
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::types::{
     ChatEvent, ChatRequest, ChatResponse, Collected, FinishReason, Raw, Role, StreamChunk, Tool,
@@ -359,7 +368,7 @@ impl ChatProvider for MockProvider {
         }
         let start = Instant::now();
         let n = plan.events.iter().filter(|e| e.is_content()).count() as u32;
-        sleep_until(start + plan.ttft + plan.delay * n.saturating_sub(1)).await;
+        pace(start + plan.ttft + plan.delay * n.saturating_sub(1)).await;
         if plan.drop_after.is_some() {
             return Err(UpstreamError::Stream(
                 "mock fault: connection dropped".into(),
@@ -423,7 +432,7 @@ impl ChatProvider for MockProvider {
             }
             let ev = st.events.next()?;
             if ev.is_content() {
-                sleep_until(start + ttft + delay * st.content_sent).await;
+                pace(start + ttft + delay * st.content_sent).await;
                 st.content_sent += 1;
             }
             st.sent += 1;

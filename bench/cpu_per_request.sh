@@ -13,18 +13,7 @@ bin=$(realpath "${1:-target/release/llm-proxy}")
 n=${2:-60000}
 config=${3:+$(realpath "$3")}
 oha=${OHA:-oha}
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-cd "$dir"
-args=(--port "$port")
-[ -n "$config" ] && args+=(--config "$config")
-LLM_PROXY__LOG_LEVEL=info taskset -c "${PROXY_CORE:-1}" "$bin" "${args[@]}" >/dev/null 2>&1 &
-pid=$!
-for _ in $(seq 100); do
-  (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break
-  sleep 0.05
-done
+. "$(dirname "$(realpath "$0")")/start_proxy.sh"
 body='{"model":"mock-small","messages":[{"role":"user","content":"hi"}]}'
 load() {
   taskset -c "${CLIENT_CORE:-0}" "$oha" -n "$1" -c 64 --no-tui -m POST \

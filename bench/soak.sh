@@ -16,18 +16,7 @@ rps=${3:-2000}
 config=${4:+$(realpath "$4")}
 oha=${OHA:-oha}
 model=${MODEL:-$([ -n "$config" ] && echo mock || echo mock-small)}
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-dir=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
-cd "$dir"
-args=(--port "$port")
-[ -n "$config" ] && args+=(--config "$config")
-LLM_PROXY__LOG_LEVEL=info taskset -c "${PROXY_CORE:-1}" "$bin" "${args[@]}" >/dev/null 2>&1 &
-pid=$!
-for _ in $(seq 100); do
-  (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break
-  sleep 0.05
-done
+. "$(dirname "$(realpath "$0")")/start_proxy.sh"
 rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status"; }
 body="{\"model\":\"$model\",\"max_tokens\":16,\"messages\":[{\"role\":\"user\",\"content\":\"Hello, how are you?\"}]}"
 auth=()

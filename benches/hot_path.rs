@@ -48,27 +48,28 @@ fn large_request() -> String {
     .to_string()
 }
 
+/// The request for a bench argument: `small` or `large`.
+fn request_body(size: &str) -> String {
+    if size == "small" {
+        SMALL_REQUEST.to_owned()
+    } else {
+        large_request()
+    }
+}
+
 const REPLY: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! I am doing well, thank you for asking. How can I help you today?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":13,"completion_tokens":18,"total_tokens":31}}"#;
 
 const CHUNK: &str = r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":" token"},"finish_reason":null}]}"#;
 
 #[divan::bench(args = ["small", "large"])]
 fn request_decode(bencher: Bencher, size: &str) {
-    let body = if size == "small" {
-        SMALL_REQUEST.to_owned()
-    } else {
-        large_request()
-    };
+    let body = request_body(size);
     bencher.bench(|| llm_proxy::api::decode_body::<ChatRequest>(black_box(body.as_bytes())));
 }
 
 #[divan::bench(args = ["small", "large"])]
 fn request_encode_for_openai(bencher: Bencher, size: &str) {
-    let body = if size == "small" {
-        SMALL_REQUEST.to_owned()
-    } else {
-        large_request()
-    };
+    let body = request_body(size);
     let req: ChatRequest = serde_json::from_str(&body).unwrap_or_else(|e| unreachable(e));
     bencher.bench(|| {
         llm_proxy::providers::openai::encode_request(black_box(&req), "upstream-model", false)

@@ -225,15 +225,7 @@ async fn logs_have_one_line_per_request_and_never_a_key() {
     }
 
     // SIGTERM: graceful shutdown, then read everything it wrote.
-    let pid = child.id().unwrap();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = sigterm_and_wait(&mut child, Duration::from_secs(10)).await;
     assert!(status.success(), "graceful shutdown exits 0");
     while let Ok(Some(line)) = lines.next_line().await {
         log.push(line);

@@ -244,15 +244,7 @@ async fn sigterm_mid_burst_loses_no_completed_request() {
         ledger_burst::run(&[url], MASTER, TEAM, 1000, Duration::from_millis(1)).await
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let pid = child.id().unwrap();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = sigterm_and_wait(&mut child, Duration::from_secs(30)).await;
     assert!(status.success(), "graceful shutdown exits 0: {status}");
     let burst = burst.await.unwrap();
     assert!(

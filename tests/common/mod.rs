@@ -526,5 +526,22 @@ impl SseReader {
         }
     }
 }
+/// Sends SIGTERM to a proxy started as a child process and waits (at most `limit`) for it
+/// to exit: the graceful-shutdown path a deployment's stop takes.
+pub async fn sigterm_and_wait(
+    child: &mut tokio::process::Child,
+    limit: std::time::Duration,
+) -> std::process::ExitStatus {
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    tokio::time::timeout(limit, child.wait())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 pub mod fake_providers;
 pub mod ledger_burst;

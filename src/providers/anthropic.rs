@@ -1,7 +1,7 @@
 //! The `anthropic` provider kind: Anthropic's Messages API (`x-api-key` and
 //! `anthropic-version` headers). Translation lives in [`crate::wire::anthropic`].
 
-use super::http::{fetch, read_ok_body, send};
+use super::http::{Endpoint, fetch, read_ok_body, send};
 use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::secret::Secret;
@@ -12,9 +12,7 @@ use crate::wire::sse::{SseEvent, named_frame};
 #[derive(Debug)]
 pub struct AnthropicProvider {
     client: reqwest::Client,
-    /// Parsed once at start (parsing per request is measurable); `Err` keeps the string
-    /// so a malformed base is reported per request by the client.
-    messages_url: Result<reqwest::Url, String>,
+    messages_url: Endpoint,
     models_url: String,
     api_key: Option<Secret>,
     headers: http::HeaderMap,
@@ -37,10 +35,7 @@ impl AnthropicProvider {
         };
         Self {
             client,
-            messages_url: {
-                let url = format!("{v1}/messages");
-                reqwest::Url::parse(&url).map_err(|_| url)
-            },
+            messages_url: Endpoint::new(format!("{v1}/messages")),
             models_url: format!("{v1}/models"),
             api_key,
             headers,
@@ -64,10 +59,7 @@ impl AnthropicProvider {
         stream: bool,
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut rb = self
-            .request(match &self.messages_url {
-                Ok(url) => self.client.post(url.clone()),
-                Err(raw) => self.client.post(raw.as_str()),
-            })
+            .request(self.messages_url.post(&self.client))
             .header(http::header::CONTENT_TYPE, "application/json");
         if let Some(tp) = &req.traceparent {
             rb = rb.header("traceparent", tp);

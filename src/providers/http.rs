@@ -48,6 +48,36 @@ pub fn build_client(settings: &ClientSettings) -> Result<reqwest::Client, Client
         .map_err(|e| ClientBuildError(e.to_string()))
 }
 
+/// An upstream URL parsed once, when the provider is built: parsing (host, IDNA) on every
+/// request cost about as much CPU as the rest of building it. A URL that does not parse is
+/// kept as written, and the client reports it on each request as a transport error.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    raw: String,
+    parsed: Option<reqwest::Url>,
+}
+
+impl Endpoint {
+    pub fn new(raw: String) -> Self {
+        Self {
+            parsed: reqwest::Url::parse(&raw).ok(),
+            raw,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// A POST to this endpoint.
+    pub fn post(&self, client: &reqwest::Client) -> reqwest::RequestBuilder {
+        match &self.parsed {
+            Some(url) => client.post(url.clone()),
+            None => client.post(self.raw.as_str()),
+        }
+    }
+}
+
 /// Sends a request and checks its status: transport failures and non-2xx replies become
 /// [`UpstreamError`]s with `key` redacted from every message.
 pub async fn send(

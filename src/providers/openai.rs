@@ -6,7 +6,7 @@
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-use super::http::{fetch, read_ok_body, send};
+use super::http::{Endpoint, fetch, read_ok_body, send};
 use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::secret::Secret;
@@ -44,11 +44,7 @@ pub struct OpenAiProvider {
     client: reqwest::Client,
     /// Base URL ending in the API version, e.g. `https://api.openai.com/v1`.
     base_url: String,
-    chat_url: String,
-    /// `chat_url` parsed once: parsing a URL (host, IDNA) on every request cost about as
-    /// much CPU as the rest of building the request. `None` when it does not parse; the
-    /// string is then handed to the client, which reports the error per request.
-    chat_url_parsed: Option<reqwest::Url>,
+    chat_url: Endpoint,
     flavor: Flavor,
     api_key: Option<Secret>,
     headers: http::HeaderMap,
@@ -92,10 +88,8 @@ impl OpenAiProvider {
         headers: http::HeaderMap,
     ) -> Self {
         let base_url = base_url.trim_end_matches('/').to_owned();
-        let chat_url = format!("{base_url}/chat/completions");
         Self {
-            chat_url_parsed: reqwest::Url::parse(&chat_url).ok(),
-            chat_url,
+            chat_url: Endpoint::new(format!("{base_url}/chat/completions")),
             client,
             base_url,
             flavor,
@@ -141,11 +135,10 @@ impl OpenAiProvider {
         stream: bool,
         traceparent: Option<&str>,
     ) -> reqwest::RequestBuilder {
-        let rb = match (&self.flavor, &self.chat_url_parsed) {
-            (Flavor::Azure { .. }, _) | (_, None) => {
-                self.client.post(self.chat_url(model).as_ref())
-            }
-            (_, Some(url)) => self.client.post(url.clone()),
+        let rb = match &self.flavor {
+            // The deployment is part of the path: one URL per model.
+            Flavor::Azure { .. } => self.client.post(self.chat_url(model).as_ref()),
+            _ => self.chat_url.post(&self.client),
         };
         let mut rb = rb
             .headers(self.headers.clone())

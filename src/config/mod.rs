@@ -593,9 +593,10 @@ impl Settings {
         }
         for p in &self.providers {
             if let Some(url) = &p.base_url {
-                let ok = reqwest::Url::parse(url)
-                    .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-                    .unwrap_or(false);
+                let ok = url.parse::<http::Uri>().is_ok_and(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.host().is_some_and(|h| !h.is_empty())
+                });
                 if !ok {
                     return Err(ConfigError::Invalid {
                         key: format!("providers.{}.base_url", p.name),

@@ -1,7 +1,7 @@
 //! The `anthropic` provider kind: Anthropic's Messages API (`x-api-key` and
 //! `anthropic-version` headers). Translation lives in [`crate::wire::anthropic`].
 
-use super::http::{Endpoint, fetch, read_ok_body, send};
+use super::http::{Endpoint, HttpClient, RequestBuilder, Response, fetch, read_ok_body, send};
 use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::secret::Secret;
@@ -11,7 +11,7 @@ use crate::wire::sse::{SseEvent, named_frame};
 
 #[derive(Debug)]
 pub struct AnthropicProvider {
-    client: reqwest::Client,
+    client: HttpClient,
     messages_url: Endpoint,
     models_url: String,
     api_key: Option<Secret>,
@@ -22,7 +22,7 @@ impl AnthropicProvider {
     /// `base_url` is the host root (`https://api.anthropic.com`), as LiteLLM writes it; a
     /// base that already ends in `/v1` is accepted too.
     pub fn new(
-        client: reqwest::Client,
+        client: HttpClient,
         base_url: &str,
         api_key: Option<Secret>,
         headers: http::HeaderMap,
@@ -42,12 +42,12 @@ impl AnthropicProvider {
         }
     }
 
-    fn request(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    fn request<'c>(&self, rb: RequestBuilder<'c>) -> RequestBuilder<'c> {
         let mut rb = rb
-            .headers(self.headers.clone())
+            .headers(&self.headers)
             .header("anthropic-version", API_VERSION);
         if let Some(k) = &self.api_key {
-            rb = rb.header("x-api-key", k.expose());
+            rb = rb.secret_header(http::HeaderName::from_static("x-api-key"), k.expose());
         }
         rb
     }
@@ -57,7 +57,7 @@ impl AnthropicProvider {
         req: &ChatRequest,
         model: &str,
         stream: bool,
-    ) -> Result<reqwest::Response, UpstreamError> {
+    ) -> Result<Response, UpstreamError> {
         let mut rb = self
             .request(self.messages_url.post(&self.client))
             .header(http::header::CONTENT_TYPE, "application/json");

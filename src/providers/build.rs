@@ -4,6 +4,7 @@
 use super::Provider;
 use super::anthropic::AnthropicProvider;
 use super::gemini::GeminiProvider;
+use super::http::HttpClient;
 use super::mock::MockProvider;
 use super::openai::{Flavor, OpenAiProvider};
 use crate::config::{ProviderKind, ProviderSettings};
@@ -20,7 +21,7 @@ pub enum BuildError {
 /// mock lists them as its models).
 pub fn build(
     p: &ProviderSettings,
-    client: &reqwest::Client,
+    client: &HttpClient,
     mock_models: Vec<String>,
 ) -> Result<Provider, BuildError> {
     if p.kind == ProviderKind::Mock {

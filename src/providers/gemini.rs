@@ -1,7 +1,7 @@
 //! The `gemini` provider kind: the Gemini API with an AI Studio key (`x-goog-api-key`).
 //! Translation lives in [`crate::wire::gemini`].
 
-use super::http::{fetch, read_ok_body, send};
+use super::http::{HttpClient, RequestBuilder, Response, fetch, read_ok_body, send};
 use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::secret::Secret;
@@ -11,7 +11,7 @@ use crate::wire::sse::SseEvent;
 
 #[derive(Debug)]
 pub struct GeminiProvider {
-    client: reqwest::Client,
+    client: HttpClient,
     /// Ends in the API version, e.g. `https://generativelanguage.googleapis.com/v1beta`.
     base_url: String,
     api_key: Option<Secret>,
@@ -20,7 +20,7 @@ pub struct GeminiProvider {
 
 impl GeminiProvider {
     pub fn new(
-        client: reqwest::Client,
+        client: HttpClient,
         base_url: &str,
         api_key: Option<Secret>,
         headers: http::HeaderMap,
@@ -46,10 +46,12 @@ impl GeminiProvider {
         }
     }
 
-    fn request(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        let rb = rb.headers(self.headers.clone());
+    fn request<'c>(&self, rb: RequestBuilder<'c>) -> RequestBuilder<'c> {
+        let rb = rb.headers(&self.headers);
         match &self.api_key {
-            Some(k) => rb.header("x-goog-api-key", k.expose()),
+            Some(k) => {
+                rb.secret_header(http::HeaderName::from_static("x-goog-api-key"), k.expose())
+            }
             None => rb,
         }
     }
@@ -59,11 +61,11 @@ impl GeminiProvider {
         req: &ChatRequest,
         model: &str,
         stream: bool,
-    ) -> Result<reqwest::Response, UpstreamError> {
+    ) -> Result<Response, UpstreamError> {
         let body = serde_json::to_vec(&encode_request(req))
             .map_err(|e| UpstreamError::Malformed(e.to_string()))?;
         let mut rb = self
-            .request(self.client.post(self.url(model, stream)))
+            .request(self.client.post(&self.url(model, stream)))
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body);
         if let Some(tp) = &req.traceparent {
@@ -97,7 +99,7 @@ impl ChatProvider for GeminiProvider {
     /// the key can use in a model picker; configured models are always listed anyway).
     async fn models(&self) -> Result<Vec<String>, UpstreamError> {
         let url = format!("{}/models?pageSize=1000", self.base_url);
-        let body = fetch(self.request(self.client.get(url)), self.api_key.as_ref()).await?;
+        let body = fetch(self.request(self.client.get(&url)), self.api_key.as_ref()).await?;
         #[derive(serde::Deserialize)]
         struct List {
             #[serde(default)]

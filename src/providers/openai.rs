@@ -6,7 +6,7 @@
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-use super::http::{Endpoint, fetch, read_ok_body, send};
+use super::http::{Endpoint, HttpClient, RequestBuilder, Response, fetch, read_ok_body, send};
 use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::secret::Secret;
@@ -41,7 +41,7 @@ impl Flavor {
 
 #[derive(Debug)]
 pub struct OpenAiProvider {
-    client: reqwest::Client,
+    client: HttpClient,
     /// Base URL ending in the API version, e.g. `https://api.openai.com/v1`.
     base_url: String,
     chat_url: Endpoint,
@@ -52,7 +52,7 @@ pub struct OpenAiProvider {
 
 impl OpenAiProvider {
     pub fn new(
-        client: reqwest::Client,
+        client: HttpClient,
         base_url: &str,
         api_key: Option<Secret>,
         headers: http::HeaderMap,
@@ -63,7 +63,7 @@ impl OpenAiProvider {
     /// An Azure OpenAI resource. `base_url` is the resource endpoint
     /// (`https://NAME.openai.azure.com`), or its v1 API (`…/openai/v1`).
     pub fn azure(
-        client: reqwest::Client,
+        client: HttpClient,
         base_url: &str,
         api_version: Option<String>,
         api_key: Option<Secret>,
@@ -81,7 +81,7 @@ impl OpenAiProvider {
     }
 
     pub fn with_flavor(
-        client: reqwest::Client,
+        client: HttpClient,
         base_url: &str,
         flavor: Flavor,
         api_key: Option<Secret>,
@@ -120,9 +120,11 @@ impl OpenAiProvider {
         }
     }
 
-    fn authorize(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    fn authorize<'c>(&self, rb: RequestBuilder<'c>) -> RequestBuilder<'c> {
         match &self.api_key {
-            Some(key) if self.flavor.is_azure() => rb.header("api-key", key.expose()),
+            Some(key) if self.flavor.is_azure() => {
+                rb.secret_header(http::HeaderName::from_static("api-key"), key.expose())
+            }
             Some(key) => rb.bearer_auth(key.expose()),
             None => rb,
         }
@@ -134,14 +136,14 @@ impl OpenAiProvider {
         body: Vec<u8>,
         stream: bool,
         traceparent: Option<&str>,
-    ) -> reqwest::RequestBuilder {
+    ) -> RequestBuilder<'_> {
         let rb = match &self.flavor {
             // The deployment is part of the path: one URL per model.
             Flavor::Azure { .. } => self.client.post(self.chat_url(model).as_ref()),
             _ => self.chat_url.post(&self.client),
         };
         let mut rb = rb
-            .headers(self.headers.clone())
+            .headers(&self.headers)
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(
                 http::header::ACCEPT,
@@ -164,7 +166,7 @@ impl OpenAiProvider {
         model: &str,
         body: Vec<u8>,
         stream: bool,
-    ) -> Result<reqwest::Response, UpstreamError> {
+    ) -> Result<Response, UpstreamError> {
         let rb = self.post(model, body, stream, req.traceparent.as_deref());
         send(rb, self.api_key.as_ref()).await
     }
@@ -224,7 +226,7 @@ impl ChatProvider for OpenAiProvider {
         let Some((url, ollama)) = self.models_url() else {
             return Ok(Vec::new());
         };
-        let rb = self.authorize(self.client.get(url).headers(self.headers.clone()));
+        let rb = self.authorize(self.client.get(&url).headers(&self.headers));
         let body = fetch(rb, self.api_key.as_ref()).await?;
         let ids = if ollama {
             crate::wire::openai::decode_ollama_tags(&body)
@@ -324,7 +326,7 @@ impl EventDecoder for OpenAiEvents {
     }
 }
 
-fn decode_stream(resp: reqwest::Response, key: Option<Secret>) -> EventStream {
+fn decode_stream(resp: Response, key: Option<Secret>) -> EventStream {
     let decoder = OpenAiEvents {
         decoder: StreamDecoder::default(),
         finished: false,

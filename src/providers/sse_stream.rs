@@ -4,10 +4,10 @@
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
+use http_body_util::BodyExt;
 
-use super::http::transport_error;
+use super::http::{Response, body_error};
 use super::{EventStream, UpstreamError};
 use crate::secret::Secret;
 use crate::types::StreamChunk;
@@ -36,7 +36,7 @@ pub trait EventDecoder: Send + 'static {
 }
 
 struct State<D> {
-    body: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+    body: hyper::body::Incoming,
     sse: SseDecoder,
     pending: VecDeque<SseEvent>,
     decoder: D,
@@ -47,13 +47,9 @@ struct State<D> {
 /// Decodes `resp` event by event, yielding each chunk as soon as its event is complete.
 /// Dropping the returned stream drops the response and so closes the connection: a client
 /// that goes away cancels the upstream generation.
-pub fn decode_sse<D: EventDecoder>(
-    resp: reqwest::Response,
-    key: Option<Secret>,
-    decoder: D,
-) -> EventStream {
+pub fn decode_sse<D: EventDecoder>(resp: Response, key: Option<Secret>, decoder: D) -> EventStream {
     let st = State {
-        body: resp.bytes_stream().boxed(),
+        body: resp.into_body(),
         sse: SseDecoder::new(MAX_EVENT),
         pending: VecDeque::new(),
         decoder,
@@ -77,8 +73,11 @@ pub fn decode_sse<D: EventDecoder>(
                 }
             }
             let mut out = Vec::new();
-            match st.body.next().await {
-                Some(Ok(bytes)) => {
+            match st.body.frame().await {
+                Some(Ok(frame)) => {
+                    let Ok(bytes) = frame.into_data() else {
+                        continue; // trailers
+                    };
                     if let Err(e) = st.sse.feed(&bytes, &mut out) {
                         st.done = true;
                         return Some((Err(UpstreamError::Malformed(e.to_string())), st));
@@ -86,7 +85,7 @@ pub fn decode_sse<D: EventDecoder>(
                 }
                 Some(Err(e)) => {
                     st.done = true;
-                    return Some((Err(transport_error(&e, st.key.as_ref())), st));
+                    return Some((Err(body_error(&e, st.key.as_ref())), st));
                 }
                 None => {
                     if let Err(e) = st.sse.finish(&mut out) {

@@ -4,7 +4,7 @@
 //!
 //! Why not the `opentelemetry-otlp` crate: it brings its own SDK, runtime glue and protobuf
 //! stack (dozens of crates) to encode one message, while OTLP's JSON encoding is a stable,
-//! documented part of the protocol that serde and the reqwest client we already have
+//! documented part of the protocol that serde and the upstream HTTP client we already have
 //! write directly. Export is best-effort by design: a bounded queue that never blocks a
 //! request (overflow is counted and logged), batches of up to 512 spans or whatever came
 //! in a second, one try per batch (a collector that is down loses spans, never requests),
@@ -17,6 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use crate::providers::UpstreamError;
+use crate::providers::http::{ClientSettings, HttpClient, build_client, send};
 use crate::secret::Secret;
 
 /// Where and how spans go (`tracing:` in the config, or the standard `OTEL_*` variables).
@@ -134,22 +136,18 @@ pub struct Exporter {
 impl Exporter {
     /// Starts the background sender (on the current runtime).
     pub fn start(settings: OtlpSettings) -> Result<Arc<Self>, String> {
-        let mut headers = reqwest::header::HeaderMap::new();
+        let mut headers = http::HeaderMap::new();
         for (k, v) in &settings.headers {
-            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+            let name = http::HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| format!("`{k}` is not a header name"))?;
-            let mut value = reqwest::header::HeaderValue::from_str(v.expose())
+            let mut value = http::HeaderValue::from_str(v.expose())
                 .map_err(|_| format!("the value of header `{k}` is not valid"))?;
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        let client = reqwest::Client::builder()
-            .timeout(SEND_TIMEOUT)
-            .default_headers(headers)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let client = build_client(&ClientSettings::default()).map_err(|e| e.to_string())?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(send_loop(client, settings, rx));
+        let task = tokio::spawn(send_loop(client, headers, settings, rx));
         Ok(Arc::new(Self {
             tx: std::sync::Mutex::new(Some(tx)),
             task: std::sync::Mutex::new(Some(task)),
@@ -192,7 +190,12 @@ impl Exporter {
     }
 }
 
-async fn send_loop(client: reqwest::Client, settings: OtlpSettings, mut rx: mpsc::Receiver<Span>) {
+async fn send_loop(
+    client: HttpClient,
+    headers: http::HeaderMap,
+    settings: OtlpSettings,
+    mut rx: mpsc::Receiver<Span>,
+) {
     let mut batch: Vec<Span> = Vec::with_capacity(BATCH);
     // A batch is sent when full or a second after its first span.
     let mut due: Option<Instant> = None;
@@ -210,19 +213,21 @@ async fn send_loop(client: reqwest::Client, settings: OtlpSettings, mut rx: mpsc
             Ok(None) => true,
             Err(_) => false,
         };
-        let send = closed || batch.len() >= BATCH || due.is_some_and(|d| Instant::now() >= d);
-        if send && !batch.is_empty() {
+        let due_now = closed || batch.len() >= BATCH || due.is_some_and(|d| Instant::now() >= d);
+        if due_now && !batch.is_empty() {
             let body = export_body(&settings.service_name, &batch);
-            let sent = client
+            let request = client
                 .post(&settings.endpoint)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.to_string())
-                .send()
-                .await;
-            let failure = match sent {
-                Ok(r) if r.status().is_success() => None,
-                Ok(r) => Some(format!("collector answered {}", r.status())),
-                Err(e) => Some(e.without_url().to_string()),
+                .headers(&headers)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+            let failure = match tokio::time::timeout(SEND_TIMEOUT, send(request, None)).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(UpstreamError::Status { status, .. })) => {
+                    Some(format!("collector answered {status}"))
+                }
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("no answer within {SEND_TIMEOUT:?}")),
             };
             if let Some(why) = failure {
                 // One warning per minute at most: a collector that is down must not flood

@@ -480,8 +480,10 @@ routing: {{ num_retries: 1, timeout: 5s, attempt_timeout: 1s, retry_backoff: 10m
     )
 }
 
+/// The test client: plain HTTP, no proxies from the environment.
 pub fn client() -> reqwest::Client {
-    llm_proxy::providers::http::build_client(&Default::default()).unwrap()
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
 pub fn chat_body(model: &str, stream: bool) -> Value {

@@ -88,6 +88,44 @@ impl Drop for FlushGuard {
     }
 }
 
+impl LogSink {
+    /// Queues one finished line (see [`super::request_line`]), waiting if the queue is
+    /// full; a stopped writer loses the line rather than failing the request.
+    pub fn send_line(&self, line: Vec<u8>) {
+        let _ = self.tx.send(Msg::Line(line));
+    }
+}
+
+/// Where finished JSON lines go when the log is JSON: the writer thread, or stdout itself
+/// when the thread could not start.
+pub enum JsonOut {
+    Queue(LogSink),
+    Stdout,
+}
+
+impl JsonOut {
+    pub fn send_line(&self, line: Vec<u8>) {
+        match self {
+            JsonOut::Queue(sink) => sink.send_line(line),
+            JsonOut::Stdout => {
+                let _ = io::stdout().lock().write_all(&line);
+            }
+        }
+    }
+}
+
+/// Set by [`super::init`] when the log is JSON; `None` otherwise (a terminal, tests
+/// without a subscriber), and lines then go through `tracing`.
+static JSON_OUT: std::sync::OnceLock<JsonOut> = std::sync::OnceLock::new();
+
+pub fn set_json_out(out: JsonOut) {
+    let _ = JSON_OUT.set(out);
+}
+
+pub fn json_out() -> Option<&'static JsonOut> {
+    JSON_OUT.get()
+}
+
 /// One event's bytes on their way to the writer thread.
 pub struct SinkWriter<'a> {
     tx: &'a SyncSender<Msg>,

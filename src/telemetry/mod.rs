@@ -3,6 +3,7 @@
 mod log_sink;
 mod metrics;
 pub mod otlp;
+mod request_line;
 mod request_log;
 mod trace;
 
@@ -25,9 +26,13 @@ pub fn init(level: &str) -> Option<FlushGuard> {
         Ok(f) => (f, false),
         Err(_) => (EnvFilter::new("info"), true),
     };
-    let (writer, guard) = match log_sink::spawn(std::io::stdout()) {
-        Ok((sink, guard)) => (BoxMakeWriter::new(sink), Some(guard)),
-        Err(_) => (BoxMakeWriter::new(std::io::stdout), None),
+    let (sink, guard) = match log_sink::spawn(std::io::stdout()) {
+        Ok((sink, guard)) => (Some(sink), Some(guard)),
+        Err(_) => (None, None),
+    };
+    let writer = match &sink {
+        Some(sink) => BoxMakeWriter::new(sink.clone()),
+        None => BoxMakeWriter::new(std::io::stdout),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -35,12 +40,19 @@ pub fn init(level: &str) -> Option<FlushGuard> {
     let result = if std::io::stdout().is_terminal() {
         builder.compact().try_init()
     } else {
-        builder
+        let result = builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .try_init()
+            .try_init();
+        if result.is_ok() {
+            log_sink::set_json_out(match sink {
+                Some(sink) => log_sink::JsonOut::Queue(sink),
+                None => log_sink::JsonOut::Stdout,
+            });
+        }
+        result
     };
     if result.is_ok() && bad {
         tracing::warn!("log level `{level}` is not a valid filter; using info");

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::otlp::{AttrValue, Span, SpanKind};
+use super::request_line::RequestLine;
 use crate::error::ProxyError;
 use crate::router::Outcome;
 use crate::types::{ChatEvent, FinishReason, Usage};
@@ -257,44 +258,43 @@ impl RequestLog {
             }
         }
         let error_message = self.error.as_ref().map(|e| e.message.as_str());
-        // `tracing` needs the level at compile time, so the one field list is a macro.
-        macro_rules! line {
-            ($level:expr) => {
-                tracing::event!(
-                    target: "llm_proxy::request",
-                    $level,
-                    request_id = %self.request_id,
-                    endpoint = self.endpoint,
-                    model = self.model.as_deref(),
-                    key = self.key.as_deref(),
-                    trace_id = self.trace_id.as_deref(),
-                    client_ip = self.client_ip.map(tracing::field::display),
-                    upstream_ms = ms(self.outcome.upstream),
-                    tokens_reasoning = usage.and_then(|u| u.reasoning_tokens),
-                    provider = dep.map(|d| d.provider.name.as_str()),
-                    deployment = dep.map(|d| &*d.id),
-                    attempts = self.outcome.attempts,
-                    stream = self.stream,
-                    status = self.status,
-                    result,
-                    error_code,
-                    error_message,
-                    latency_ms = ms(latency),
-                    ttft_ms = self.stats.ttft.map(ms),
-                    tokens_in = usage.map(|u| u.prompt_tokens),
-                    tokens_out,
-                    tokens_cached = usage.and_then(|u| u.cached_tokens),
-                    tokens_per_sec,
-                    cost_usd = cost,
-                    finish_reason = self.stats.finish.map(FinishReason::as_str),
-                    "request"
-                )
-            };
-        }
-        if self.status >= 500 || result == "client_closed" {
-            line!(tracing::Level::WARN);
+        // The filter decides whether the line is wanted; `enabled!` needs its level at
+        // compile time.
+        let level = if self.status >= 500 || result == "client_closed" {
+            tracing::enabled!(target: "llm_proxy::request", tracing::Level::WARN)
+                .then_some(tracing::Level::WARN)
         } else {
-            line!(tracing::Level::INFO);
+            tracing::enabled!(target: "llm_proxy::request", tracing::Level::INFO)
+                .then_some(tracing::Level::INFO)
+        };
+        if let Some(level) = level {
+            RequestLine {
+                request_id: &self.request_id,
+                endpoint: self.endpoint,
+                model: self.model.as_deref(),
+                key: self.key.as_deref(),
+                trace_id: self.trace_id.as_deref(),
+                client_ip: self.client_ip,
+                upstream_ms: ms(self.outcome.upstream),
+                tokens_reasoning: usage.and_then(|u| u.reasoning_tokens),
+                provider: dep.map(|d| d.provider.name.as_str()),
+                deployment: dep.map(|d| &*d.id),
+                attempts: self.outcome.attempts,
+                stream: self.stream,
+                status: self.status,
+                result,
+                error_code,
+                error_message,
+                latency_ms: ms(latency),
+                ttft_ms: self.stats.ttft.map(ms),
+                tokens_in: usage.map(|u| u.prompt_tokens),
+                tokens_out,
+                tokens_cached: usage.and_then(|u| u.cached_tokens),
+                tokens_per_sec,
+                cost_usd: cost,
+                finish_reason: self.stats.finish.map(FinishReason::as_str),
+            }
+            .emit(level);
         }
         // A line of its own (target `llm_proxy::content`), so the request line's shape
         // never changes and operators can route content elsewhere by target.

@@ -1,0 +1,241 @@
+//! The request log line written straight to the log sink as JSON, byte for byte the shape
+//! tracing-subscriber's JSON formatter gives every other line (`timestamp`, `level`,
+//! `message`, the fields in order, absent ones left out, `target` last).
+//!
+//! Why not through `tracing` like every other line: this is the one line per request, and
+//! the formatter's visitor (each field through `dyn Debug`/`Display` into an intermediate
+//! map, then copied into the sink) cost about a tenth of the proxy's CPU per request in a
+//! profile. serde writes the same object directly. Whether the line is wanted is still
+//! decided by the log filter (`tracing::enabled!` at the call site); in a terminal the
+//! line goes through `tracing`'s readable formatter as `request key=value …`.
+
+use serde::Serialize;
+
+use crate::telemetry::log_sink;
+
+const TARGET: &str = "llm_proxy::request";
+
+/// The fields of one request line; `None` fields are left out, as tracing does.
+#[derive(Serialize)]
+pub struct RequestLine<'a> {
+    pub request_id: &'a str,
+    pub endpoint: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<std::net::IpAddr>,
+    pub upstream_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_reasoning: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<&'a str>,
+    pub attempts: u32,
+    pub stream: bool,
+    pub status: u16,
+    pub result: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<&'a str>,
+    pub latency_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_in: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_out: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_cached: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<&'a str>,
+}
+
+/// The whole line as tracing-subscriber's flattened JSON event would write it.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    timestamp: &'a str,
+    level: &'a str,
+    message: &'static str,
+    #[serde(flatten)]
+    fields: &'a RequestLine<'a>,
+    target: &'static str,
+}
+
+impl RequestLine<'_> {
+    /// The line's bytes, newline-terminated; `level` is `INFO` or `WARN`.
+    pub fn to_json(&self, level: tracing::Level, at: std::time::SystemTime) -> Vec<u8> {
+        let timestamp = humantime::format_rfc3339_micros(at).to_string();
+        let envelope = Envelope {
+            timestamp: &timestamp,
+            level: level.as_str(),
+            message: "request",
+            fields: self,
+            target: TARGET,
+        };
+        let mut out = Vec::with_capacity(640);
+        // Serializing plain strings, numbers and options into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &envelope);
+        out.push(b'\n');
+        out
+    }
+
+    /// Writes the line: as JSON when the log is JSON, else through `tracing`.
+    pub fn emit(&self, level: tracing::Level) {
+        if let Some(out) = log_sink::json_out() {
+            out.send_line(self.to_json(level, std::time::SystemTime::now()));
+            return;
+        }
+        let fields = self.key_values();
+        if level == tracing::Level::WARN {
+            tracing::warn!(target: "llm_proxy::request", "request {fields}");
+        } else {
+            tracing::info!(target: "llm_proxy::request", "request {fields}");
+        }
+    }
+
+    /// `key=value` pairs for a human reader, strings unquoted.
+    fn key_values(&self) -> String {
+        let Ok(serde_json::Value::Object(map)) = serde_json::to_value(self) else {
+            return String::new();
+        };
+        let mut out = String::new();
+        for (k, v) in map {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(&k);
+            out.push('=');
+            match v {
+                serde_json::Value::String(s) => out.push_str(&s),
+                other => out.push_str(&other.to_string()),
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The line as tracing-subscriber's JSON formatter (configured as `telemetry::init`
+    /// does) writes the same fields.
+    fn through_tracing(l: &RequestLine<'_>) -> serde_json::Value {
+        let buf = Buffer::default();
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::event!(
+                target: "llm_proxy::request",
+                tracing::Level::WARN,
+                request_id = l.request_id,
+                endpoint = l.endpoint,
+                model = l.model,
+                key = l.key,
+                trace_id = l.trace_id,
+                client_ip = l.client_ip.map(tracing::field::display),
+                upstream_ms = l.upstream_ms,
+                tokens_reasoning = l.tokens_reasoning,
+                provider = l.provider,
+                deployment = l.deployment,
+                attempts = l.attempts,
+                stream = l.stream,
+                status = l.status,
+                result = l.result,
+                error_code = l.error_code,
+                error_message = l.error_message,
+                latency_ms = l.latency_ms,
+                ttft_ms = l.ttft_ms,
+                tokens_in = l.tokens_in,
+                tokens_out = l.tokens_out,
+                tokens_cached = l.tokens_cached,
+                tokens_per_sec = l.tokens_per_sec,
+                cost_usd = l.cost_usd,
+                finish_reason = l.finish_reason,
+                "request"
+            )
+        });
+        let bytes = buf.0.lock().unwrap().clone();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn sample(full: bool) -> RequestLine<'static> {
+        RequestLine {
+            request_id: "5a0c6f4e-3f7b-4c1e-9d2a-0b1c2d3e4f50",
+            endpoint: "chat_completions",
+            model: Some("gpt-4o"),
+            key: full.then_some("team-a"),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            client_ip: full.then(|| "::1".parse().unwrap()),
+            upstream_ms: 12.345,
+            tokens_reasoning: full.then_some(7),
+            provider: Some("openai"),
+            deployment: Some("openai/gpt-4o"),
+            attempts: 2,
+            stream: full,
+            status: 502,
+            result: "error",
+            error_code: full.then_some("PROVIDER_ERROR"),
+            error_message: full.then_some("the upstream said \"no\"\n\tand ünïcode"),
+            latency_ms: 13.0,
+            ttft_ms: full.then_some(0.5),
+            tokens_in: Some(10),
+            tokens_out: full.then_some(20),
+            tokens_cached: None,
+            tokens_per_sec: full.then_some(1540.2),
+            cost_usd: full.then_some(0.000_125),
+            finish_reason: full.then_some("stop"),
+        }
+    }
+
+    #[test]
+    fn the_line_is_what_tracing_would_have_written() {
+        for full in [true, false] {
+            let line = sample(full);
+            let bytes = line.to_json(tracing::Level::WARN, std::time::SystemTime::now());
+            assert_eq!(bytes.last(), Some(&b'\n'));
+            assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 1);
+            let mut ours: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            let mut theirs = through_tracing(&line);
+            // Same timestamp format; the instants differ.
+            for v in [&mut ours, &mut theirs] {
+                let ts = v["timestamp"].take();
+                let ts = ts.as_str().unwrap();
+                assert!(humantime::parse_rfc3339(ts).is_ok(), "{ts}");
+                assert_eq!(ts.len(), "2026-11-25T06:17:58.351866Z".len(), "{ts}");
+            }
+            // Same keys in the same order, same values.
+            assert_eq!(ours.to_string(), theirs.to_string());
+        }
+    }
+}

@@ -187,13 +187,30 @@ fn describe(s: &Settings) -> String {
     o
 }
 
+/// The async runtime, sized to the CPUs this process may use (affinity and cgroup quota
+/// included). On one CPU it is tokio's single-threaded scheduler: with nothing to balance,
+/// the work-stealing scheduler's cross-thread bookkeeping only costs (about 9% of the CPU
+/// per request in bench/RESULTS.md's A/B runs). Blocking work never runs on it either way:
+/// the ledger and the log writer have their own threads, ledger queries use the blocking
+/// pool.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cpus)
+            .enable_all()
+            .build()
+    }
+}
+
 fn run(settings: Settings) -> ExitCode {
     // Dropped when `run` returns, after the runtime: writes the last queued log lines.
     let _log_flush = llm_proxy::telemetry::init(&settings.log_level);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("llm-proxy: cannot start the runtime: {e}");
@@ -226,9 +243,16 @@ fn run(settings: Settings) -> ExitCode {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let rt = tokio::runtime::Handle::current();
+        let flavor = match rt.runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+            _ => "multi_thread",
+        };
         tracing::info!(
             listen = %addr,
             config = settings.format.as_str(),
+            runtime = flavor,
+            workers = rt.metrics().num_workers(),
             providers = settings.providers.len(),
             models = settings.models.len(),
             auth = settings.auth.master_key.is_some(),

@@ -124,10 +124,24 @@ fn help_explains_both_commands_and_the_environment() {
 
 #[tokio::test]
 async fn logs_have_one_line_per_request_and_never_a_key() {
+    logs_scenario(false).await;
+}
+
+/// The same scenario with the proxy confined to one CPU, where it runs tokio's
+/// single-threaded scheduler: every feature must work there too.
+#[tokio::test]
+async fn on_one_cpu_the_proxy_runs_single_threaded_and_everything_works() {
+    logs_scenario(true).await;
+}
+
+async fn logs_scenario(one_cpu: bool) {
     let up = fake_upstream().await;
     // `fail500-once` fails the first request its fake sees: it gets a fake of its own.
     let flaky_up = fake_upstream().await;
-    let ledger = std::env::temp_dir().join(format!("llm-proxy-logs-{}.db", std::process::id()));
+    let ledger = std::env::temp_dir().join(format!(
+        "llm-proxy-logs-{}-{one_cpu}.db",
+        std::process::id()
+    ));
     let cfg = temp_config(&format!(
         "auth: {{ master_key: ${{MK}}, keys: [ {{ name: limited, key: ${{LK}}, rpm: 1 }}, {{ name: audited, key: ${{AK}}, log_content: true }} ] }}\nproviders:\n  up: {{ kind: openai, base_url: '{}', api_key: ${{UK}} }}\n  \
          flaky_up: {{ kind: openai, base_url: '{}', api_key: ${{UK}} }}\n\
@@ -137,7 +151,15 @@ async fn logs_have_one_line_per_request_and_never_a_key() {
         up.base_url(),
         flaky_up.base_url()
     ));
-    let mut child = tokio::process::Command::new(BIN)
+    // `taskset` (util-linux) sets the CPU affinity the proxy sizes its runtime by.
+    let mut command = if one_cpu {
+        let mut c = tokio::process::Command::new("taskset");
+        c.args(["-c", "0", BIN]);
+        c
+    } else {
+        tokio::process::Command::new(BIN)
+    };
+    let mut child = command
         .arg("--config")
         .arg(&cfg.0)
         .args(["--port", "0"])
@@ -165,6 +187,14 @@ async fn logs_have_one_line_per_request_and_never_a_key() {
             .expect("proxy exited before listening");
         log.push(line.clone());
         if let Some(i) = line.find("listening on http://") {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let expected = if one_cpu || cpus == 1 {
+                "current_thread"
+            } else {
+                "multi_thread"
+            };
+            assert_eq!(v["runtime"], expected, "{line}");
             let rest = &line[i + "listening on ".len()..];
             break rest.split('"').next().unwrap().to_owned();
         }

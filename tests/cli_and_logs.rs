@@ -151,10 +151,17 @@ async fn logs_scenario(one_cpu: bool) {
         up.base_url(),
         flaky_up.base_url()
     ));
-    // `taskset` (util-linux) sets the CPU affinity the proxy sizes its runtime by.
+    // `taskset` (util-linux) sets the CPU affinity the proxy sizes its runtime by: the
+    // first CPU this test may use.
     let mut command = if one_cpu {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap();
+        let first = allowed.trim().split([',', '-']).next().unwrap().to_owned();
         let mut c = tokio::process::Command::new("taskset");
-        c.args(["-c", "0", BIN]);
+        c.args(["-c", &first, BIN]);
         c
     } else {
         tokio::process::Command::new(BIN)

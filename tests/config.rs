@@ -96,6 +96,15 @@ fn missing_env_var_names_the_variable_and_key() {
 }
 
 #[test]
+fn credentials_in_a_base_url_are_refused_without_repeating_them() {
+    let msg =
+        err("providers: { p: { kind: openai, base_url: 'https://user:pw-0123456789@x/v1' } }");
+    assert!(msg.contains("providers.p.base_url"), "{msg}");
+    assert!(msg.contains("api_key"), "{msg}");
+    assert!(!msg.contains("pw-0123456789"), "{msg}");
+}
+
+#[test]
 fn bad_native_configs_name_the_key() {
     let cases = [
         (
@@ -109,6 +118,10 @@ fn bad_native_configs_name_the_key() {
         ("providers: { p: { kind: warp } }", "providers.p.kind"),
         (
             "providers: { p: { kind: openai, base_url: 'ftp://x' } }",
+            "providers.p.base_url",
+        ),
+        (
+            "providers: { p: { kind: openai, base_url: 'http://x:80800/v1' } }",
             "providers.p.base_url",
         ),
         ("routing: { timeout: soon }", "routing.timeout"),

@@ -593,14 +593,16 @@ impl Settings {
         }
         for p in &self.providers {
             if let Some(url) = &p.base_url {
-                let ok = url.parse::<http::Uri>().is_ok_and(|u| {
-                    matches!(u.scheme_str(), Some("http" | "https"))
-                        && u.host().is_some_and(|h| !h.is_empty())
-                });
-                if !ok {
+                if let Err(why) = crate::providers::http::parse_url(url) {
+                    // A URL with credentials in it is not repeated.
+                    let message = if url.contains('@') {
+                        why
+                    } else {
+                        format!("`{url}`: {why}")
+                    };
                     return Err(ConfigError::Invalid {
                         key: format!("providers.{}.base_url", p.name),
-                        message: format!("`{url}` is not an http(s) URL"),
+                        message,
                     });
                 }
             }

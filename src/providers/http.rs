@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
-use http_body_util::{BodyDataStream, BodyExt, Full};
+use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::connect::DeadlineConnector;
 use super::{TimeoutKind, UpstreamError};
 use crate::secret::{Secret, redact};
 
@@ -48,7 +49,7 @@ pub type Response = http::Response<hyper::body::Incoming>;
 /// The shared upstream client. Cloning it is cheap (the pool is shared).
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    inner: Client<DeadlineConnector<HttpsConnector<HttpConnector>>, Full<Bytes>>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -73,14 +74,18 @@ pub fn build_client(settings: &ClientSettings) -> Result<HttpClient, ClientBuild
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
     tcp.set_connect_timeout(Some(settings.connect_timeout));
-    // Long streams through NATs and load balancers need the connection kept visibly alive.
-    tcp.set_keepalive(Some(Duration::from_secs(60)));
+    // Long streams through NATs and load balancers need the connection kept visibly
+    // alive, and a peer that vanished noticed within a minute.
+    tcp.set_keepalive(Some(Duration::from_secs(15)));
+    tcp.set_keepalive_interval(Some(Duration::from_secs(15)));
+    tcp.set_keepalive_retries(Some(3));
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
         .wrap_connector(tcp);
+    let connector = DeadlineConnector::new(connector, settings.connect_timeout);
     let inner = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(settings.pool_idle_timeout)
         .pool_max_idle_per_host(settings.pool_max_idle_per_host)
@@ -118,15 +123,35 @@ impl HttpClient {
     }
 }
 
-/// Parses an upstream URL; only absolute `http`/`https` URLs can be sent.
-fn parse_url(url: &str) -> Result<http::Uri, String> {
+/// Parses an upstream URL: absolute `http`/`https` with a host and, if given, a valid
+/// port. Credentials in the URL are refused rather than sent in the clear in the
+/// authority: keys go in `api_key` or a configured header. Used by config validation
+/// too, so a URL that passes validation is one the client can send to.
+pub fn parse_url(url: &str) -> Result<http::Uri, String> {
     let uri: http::Uri = url
+        .trim()
         .parse()
         .map_err(|e| format!("invalid upstream URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http" | "https") if uri.authority().is_some() => Ok(uri),
-        _ => Err("invalid upstream URL: not an absolute http(s) URL".into()),
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err("invalid upstream URL: not an absolute http(s) URL".into());
     }
+    let Some(authority) = uri.authority() else {
+        return Err("invalid upstream URL: no host".into());
+    };
+    if authority.as_str().contains('@') {
+        return Err(
+            "credentials in the URL are not supported: give the key as api_key or a header".into(),
+        );
+    }
+    let host = authority.host();
+    if host.is_empty() {
+        return Err("invalid upstream URL: no host".into());
+    }
+    // `http::Uri` accepts any text after the colon and then ignores it.
+    if authority.as_str().len() > host.len() && authority.port_u16().is_none() {
+        return Err("invalid upstream URL: the port is not a number from 0 to 65535".into());
+    }
+    Ok(uri)
 }
 
 /// A request being put together for an upstream. A header that cannot be sent (a value
@@ -219,13 +244,15 @@ pub async fn send(rb: RequestBuilder<'_>, key: Option<&Secret>) -> Result<Respon
         return Err(UpstreamError::Connect(why));
     }
     let (parts, ()) = rb.head.into_parts();
+    // Kept to say which upstream failed (hyper's errors do not); a reference count, no copy.
+    let authority = parts.uri.authority().cloned();
     let req = http::Request::from_parts(parts, Full::new(rb.body));
     let resp = rb
         .client
         .inner
         .request(req)
         .await
-        .map_err(|e| transport_error(&e, key))?;
+        .map_err(|e| transport_error(&e, authority.as_ref(), key))?;
     if !resp.status().is_success() {
         return Err(status_error(resp, key).await);
     }
@@ -238,13 +265,6 @@ pub async fn fetch(rb: RequestBuilder<'_>, key: Option<&Secret>) -> Result<Bytes
     read_ok_body(resp, key).await
 }
 
-/// The body of a reply as a stream of byte chunks, as they arrive.
-pub fn body_stream(
-    resp: Response,
-) -> impl futures_util::Stream<Item = Result<Bytes, hyper::Error>> + Send + 'static {
-    BodyDataStream::new(resp.into_body())
-}
-
 /// Largest upstream body we read (non-streaming replies and error bodies).
 const MAX_BODY: usize = 64 << 20;
 /// How much of an error body is worth reading.
@@ -252,11 +272,19 @@ const MAX_ERROR_BODY: usize = 64 << 10;
 
 /// Maps a failure to get a reply (connect, TLS, the connection closing before the reply)
 /// to an [`UpstreamError`], redacting `key` from its text.
-fn transport_error(err: &hyper_util::client::legacy::Error, key: Option<&Secret>) -> UpstreamError {
+fn transport_error(
+    err: &hyper_util::client::legacy::Error,
+    authority: Option<&http::uri::Authority>,
+    key: Option<&Secret>,
+) -> UpstreamError {
     if err.is_connect() && timed_out(err) {
         return UpstreamError::Timeout(TimeoutKind::Connect, Duration::ZERO);
     }
-    UpstreamError::Connect(redact(&error_chain(err), key.as_slice()))
+    let text = match authority {
+        Some(a) => format!("{a}: {}", error_chain(err)),
+        None => error_chain(err),
+    };
+    UpstreamError::Connect(redact(&text, key.as_slice()))
 }
 
 /// Maps an error while reading a reply's body.
@@ -409,7 +437,59 @@ mod tests {
         let client = build_client(&ClientSettings::default()).unwrap();
         let url = format!("http://127.0.0.1:{port}/v1/models");
         let err = fetch(client.get(&url), None).await.unwrap_err();
-        assert!(matches!(err, UpstreamError::Connect(_)), "{err}");
+        // The message names the upstream: hyper's own errors do not.
+        let host = format!("127.0.0.1:{port}");
+        assert!(
+            matches!(&err, UpstreamError::Connect(m) if m.contains(&host)),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_connect_deadline_covers_the_tls_handshake() {
+        // Accepts TCP (the kernel completes the handshake) but never answers the TLS hello.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let client = build_client(&ClientSettings {
+            connect_timeout: Duration::from_millis(200),
+            ..ClientSettings::default()
+        })
+        .unwrap();
+        let url = format!("https://127.0.0.1:{port}/v1/chat/completions");
+        let started = std::time::Instant::now();
+        let err = send(client.post(&url).body("{}"), None).await.unwrap_err();
+        assert!(
+            matches!(err, UpstreamError::Timeout(TimeoutKind::Connect, _)),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(silent);
+    }
+
+    #[test]
+    fn upstream_urls_are_checked_as_the_client_will_use_them() {
+        for ok in [
+            "https://api.openai.com/v1",
+            "http://localhost:11434",
+            "http://[::1]:8000/v1",
+            " https://x.openai.azure.com/openai/deployments/d/chat/completions?api-version=2024-10-21\n",
+        ] {
+            let uri = parse_url(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            // A bare host gets the path `/`; nothing else changes.
+            assert_eq!(uri.to_string().trim_end_matches('/'), ok.trim(), "{ok}");
+        }
+        for (bad, why) in [
+            ("https://user:sk-secret@api.example.com/v1", "credentials"),
+            ("https://api.example.com:99999/v1", "port"),
+            ("http://api.example.com:8o80", "port"),
+            ("ftp://example.com", "http(s)"),
+            ("api.example.com/v1", "invalid upstream URL"),
+            ("http:///v1", "invalid"),
+        ] {
+            let err = parse_url(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+            assert!(!err.contains("sk-secret"), "{err}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod anthropic;
 pub mod build;
+mod connect;
 pub mod gemini;
 pub mod http;
 pub mod mock;

@@ -226,6 +226,14 @@ async fn send_loop(
                 Ok(Err(UpstreamError::Status { status, .. })) => {
                     Some(format!("collector answered {status}"))
                 }
+                // A 400 whose body reads like a provider's content filter is still just a
+                // 400 from a collector.
+                Ok(Err(UpstreamError::ContentFilter(_))) => {
+                    Some("collector answered 400".to_owned())
+                }
+                Ok(Err(UpstreamError::Timeout(..))) => Some(format!(
+                    "no connection to the collector within {SEND_TIMEOUT:?}"
+                )),
                 Ok(Err(e)) => Some(e.to_string()),
                 Err(_) => Some(format!("no answer within {SEND_TIMEOUT:?}")),
             };

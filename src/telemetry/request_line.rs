@@ -103,7 +103,8 @@ impl RequestLine<'_> {
         }
     }
 
-    /// `key=value` pairs for a human reader, strings unquoted.
+    /// `key=value` pairs for a human reader; strings quoted and escaped when they hold
+    /// anything but plain word characters (an error message's newline stays one line).
     fn key_values(&self) -> String {
         let Ok(serde_json::Value::Object(map)) = serde_json::to_value(self) else {
             return String::new();
@@ -116,7 +117,13 @@ impl RequestLine<'_> {
             out.push_str(&k);
             out.push('=');
             match v {
-                serde_json::Value::String(s) => out.push_str(&s),
+                serde_json::Value::String(s)
+                    if s.chars()
+                        .all(|c| c.is_alphanumeric() || "-_./:".contains(c)) =>
+                {
+                    out.push_str(&s)
+                }
+                serde_json::Value::String(s) => out.push_str(&format!("{s:?}")),
                 other => out.push_str(&other.to_string()),
             }
         }
@@ -216,6 +223,19 @@ mod tests {
             cost_usd: full.then_some(0.000_125),
             finish_reason: full.then_some("stop"),
         }
+    }
+
+    #[test]
+    fn the_readable_form_keeps_one_line_and_quotes_what_needs_it() {
+        let text = sample(true).key_values();
+        assert!(!text.contains('\n'), "{text}");
+        assert!(text.starts_with("request_id=5a0c6f4e-"), "{text}");
+        assert!(text.contains(" deployment=openai/gpt-4o "), "{text}");
+        assert!(
+            text.contains(r#"error_message="the upstream said \"no\"\n\tand ünïcode""#),
+            "{text}"
+        );
+        assert!(text.contains(" status=502 "), "{text}");
     }
 
     #[test]

@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use llm_proxy::config::{LimitsSettings, RateLimits};
-use llm_proxy::limits::{Limiter, Scope};
+use llm_proxy::limits::{Limiter, Scope, Who};
 use llm_proxy::secret::Secret;
 
 fn scope(i: usize) -> Scope {
     Scope {
-        id: format!("key:bench-{i}"),
-        label: "key bench".into(),
+        who: Who::Key(format!("bench-{i}").into()),
         limits: RateLimits {
             rpm: Some(u64::MAX / 4),
             tpm: Some(u64::MAX / 4),

@@ -14,7 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use divan::{Bencher, black_box};
 use llm_proxy::config::{LimitsSettings, RateLimits};
-use llm_proxy::limits::{Limiter, Scope};
+use llm_proxy::limits::{Limiter, Scope, Who};
 use llm_proxy::router::{Outcome, RouteCtx, Router};
 use llm_proxy::types::{ChatEvent, ChatRequest};
 use llm_proxy::wire::openai::{ChunkEncoder, StreamDecoder, decode_response, encode_response};
@@ -124,8 +124,7 @@ fn limiter_admission(bencher: Bencher) {
     };
     let limiter = Arc::new(limiter);
     let scope = Scope {
-        id: "key:bench".into(),
-        label: "key bench".into(),
+        who: Who::Key("bench".into()),
         limits: RateLimits {
             rpm: Some(u64::MAX / 4),
             tpm: Some(u64::MAX / 4),

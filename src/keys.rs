@@ -11,7 +11,8 @@ use crate::secret::{Secret, sha256};
 /// A configured virtual key, as the request path needs it.
 #[derive(Debug)]
 pub struct VirtualKey {
-    pub name: String,
+    /// Shared (not copied) by every request's rate-limit scope.
+    pub name: Arc<str>,
     models: Vec<String>,
     pub limits: RateLimits,
     /// USD it may spend per period (no period: ever), from the ledger.
@@ -76,7 +77,7 @@ impl KeyRing {
                     (
                         k.key_sha256,
                         Arc::new(VirtualKey {
-                            name: k.name.clone(),
+                            name: Arc::from(k.name.as_str()),
                             models: k.models.clone(),
                             limits: k.limits,
                             budget: k.max_budget_usd.map(|max_usd| Budget {

@@ -197,7 +197,7 @@ pub(crate) async fn serve<D: Dialect>(
     log.trace_id = Some(trace.trace_id);
     drop(bytes);
     if let Principal::Key(k) = &caller.principal {
-        log.key = Some(k.name.clone());
+        log.key = Some(k.name.to_string());
         if k.log_content {
             log.content = Some(crate::telemetry::ContentLog::new(
                 serde_json::to_string(&req.messages).unwrap_or_default(),
@@ -243,11 +243,7 @@ pub(crate) async fn serve<D: Dialect>(
     let mut rate = RateStatus::default();
     let ticket = match state.limiter.scope(&caller.principal, ip) {
         Some(scope) => {
-            let kind = if scope.id.starts_with("key:") {
-                "key"
-            } else {
-                "ip"
-            };
+            let kind = if scope.is_key() { "key" } else { "ip" };
             match state
                 .limiter
                 .admit(scope, estimate_tokens(&req), &ctx.id)

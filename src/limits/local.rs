@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::gcra;
-use super::{Decision, Exceeded, RateStatus, Refusal, Scope};
+use super::{Decision, Exceeded, RateStatus, Refusal, Scope, Who};
 
 #[derive(Debug, Default)]
 struct Entry {
@@ -18,7 +18,7 @@ struct Entry {
 #[derive(Debug)]
 pub struct LocalStore {
     epoch: Instant,
-    entries: Mutex<(HashMap<String, Entry>, u64)>,
+    entries: Mutex<(HashMap<Who, Entry>, u64)>,
 }
 
 impl Default for LocalStore {
@@ -39,7 +39,7 @@ impl LocalStore {
     }
 
     /// Checks parallel, request and token limits together: either all are charged or none.
-    pub fn admit(&self, scope: &Scope, tokens: u64, _request_id: &str) -> Decision {
+    pub fn admit(&self, scope: &Scope, tokens: u64) -> Decision {
         let now = self.now();
         let Ok(mut guard) = self.entries.lock() else {
             return Ok(RateStatus::default());
@@ -49,7 +49,7 @@ impl LocalStore {
         if *count % SWEEP_EVERY == 0 {
             map.retain(|_, e| e.in_flight > 0 || e.req_tat > now || e.tok_tat > now);
         }
-        let e = map.entry(scope.id.clone()).or_default();
+        let e = entry(map, &scope.who);
         let l = scope.limits;
         let status_of = |e: &Entry| RateStatus {
             requests: l.rpm.map(|r| gcra::peek(e.req_tat, now, r)),
@@ -84,13 +84,13 @@ impl LocalStore {
         Ok(status)
     }
 
-    pub fn settle(&self, scope: &Scope, token_delta: i64, _request_id: &str) {
+    pub fn settle(&self, scope: &Scope, token_delta: i64) {
         let now = self.now();
         let Ok(mut guard) = self.entries.lock() else {
             return;
         };
         // An entry swept while its request ran comes back, so the charge is never lost.
-        let e = guard.0.entry(scope.id.clone()).or_default();
+        let e = entry(&mut guard.0, &scope.who);
         if scope.limits.max_parallel_requests.is_some() {
             e.in_flight = e.in_flight.saturating_sub(1);
         }
@@ -98,6 +98,12 @@ impl LocalStore {
             gcra::adjust(&mut e.tok_tat, now, tpm, token_delta as f64);
         }
     }
+}
+
+/// The scope's entry, created when missing. Cloning a [`Who`] copies an address or bumps
+/// a reference count: nothing is allocated.
+fn entry<'m>(map: &'m mut HashMap<Who, Entry>, who: &Who) -> &'m mut Entry {
+    map.entry(who.clone()).or_default()
 }
 
 fn refused(exceeded: Exceeded, wait: f64, status: RateStatus) -> Refusal {
@@ -121,8 +127,7 @@ mod tests {
 
     fn scope(limits: RateLimits) -> Scope {
         Scope {
-            id: "key:t".into(),
-            label: "key t".into(),
+            who: Who::Key("t".into()),
             limits,
         }
     }
@@ -134,12 +139,12 @@ mod tests {
             max_parallel_requests: Some(2),
             ..RateLimits::default()
         });
-        assert!(store.admit(&s, 1, "a").is_ok());
-        assert!(store.admit(&s, 1, "b").is_ok());
-        let r = store.admit(&s, 1, "c").unwrap_err();
+        assert!(store.admit(&s, 1).is_ok());
+        assert!(store.admit(&s, 1).is_ok());
+        let r = store.admit(&s, 1).unwrap_err();
         assert_eq!(r.exceeded, Exceeded::Parallel);
-        store.settle(&s, 0, "a");
-        assert!(store.admit(&s, 1, "d").is_ok());
+        store.settle(&s, 0);
+        assert!(store.admit(&s, 1).is_ok());
     }
 
     #[test]
@@ -150,10 +155,10 @@ mod tests {
             tpm: Some(100),
             ..RateLimits::default()
         });
-        let r = store.admit(&s, 500, "big").unwrap_err();
+        let r = store.admit(&s, 500).unwrap_err();
         assert_eq!(r.exceeded, Exceeded::Tokens);
         // The request count was not charged by the refused admission.
-        let ok = store.admit(&s, 10, "small").unwrap();
+        let ok = store.admit(&s, 10).unwrap();
         assert_eq!(ok.requests.unwrap().remaining, 9);
         assert_eq!(ok.tokens.unwrap().remaining, 90);
     }
@@ -170,7 +175,7 @@ mod tests {
             for _ in 0..8 {
                 t.spawn(|| {
                     for _ in 0..25 {
-                        if store.admit(&s, 1, "x").is_ok() {
+                        if store.admit(&s, 1).is_ok() {
                             admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                     }

@@ -27,27 +27,30 @@ pub struct RateStatus {
 }
 
 impl RateStatus {
-    /// OpenAI's headers: `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`.
+    /// OpenAI's headers: `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`. Written
+    /// on every limited reply, so the names are static and the numbers formatted once.
     pub fn headers(&self, h: &mut http::HeaderMap) {
-        for (kind, q) in [("requests", self.requests), ("tokens", self.tokens)] {
+        use http::HeaderName as N;
+        const NAMES: [[N; 3]; 2] = [
+            [
+                N::from_static("x-ratelimit-limit-requests"),
+                N::from_static("x-ratelimit-remaining-requests"),
+                N::from_static("x-ratelimit-reset-requests"),
+            ],
+            [
+                N::from_static("x-ratelimit-limit-tokens"),
+                N::from_static("x-ratelimit-remaining-tokens"),
+                N::from_static("x-ratelimit-reset-tokens"),
+            ],
+        ];
+        for ([limit, remaining, reset], q) in NAMES.into_iter().zip([self.requests, self.tokens]) {
             let Some(q) = q else { continue };
-            let mut put = |name: String, value: String| {
-                if let (Ok(n), Ok(v)) = (
-                    http::HeaderName::try_from(name),
-                    http::HeaderValue::try_from(value),
-                ) {
-                    h.insert(n, v);
-                }
-            };
-            put(format!("x-ratelimit-limit-{kind}"), q.limit.to_string());
-            put(
-                format!("x-ratelimit-remaining-{kind}"),
-                q.remaining.to_string(),
-            );
-            put(
-                format!("x-ratelimit-reset-{kind}"),
-                format!("{}s", (q.reset_s * 1000.0).ceil() / 1000.0),
-            );
+            h.insert(limit, http::HeaderValue::from(q.limit));
+            h.insert(remaining, http::HeaderValue::from(q.remaining));
+            let reset_s = format!("{}s", (q.reset_s * 1000.0).ceil() / 1000.0);
+            if let Ok(v) = http::HeaderValue::try_from(reset_s) {
+                h.insert(reset, v);
+            }
         }
     }
 }
@@ -81,13 +84,41 @@ pub struct Refusal {
 /// The store's answer to one admission.
 pub type Decision = Result<RateStatus, Refusal>;
 
-/// What is limited for one request: its scope (`key:<name>` or `ip:<addr>`) and limits.
+/// Who a limit counts: a virtual key, or a client address. Cheap to copy and to hash: the
+/// in-process store keys its table by it, so an admission allocates nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Who {
+    Key(Arc<str>),
+    Address(IpAddr),
+}
+
+/// What is limited for one request: whose budget, and its limits.
 #[derive(Debug, Clone)]
 pub struct Scope {
-    pub id: String,
-    /// How the scope is named in a refusal: `key team-a`, `address 10.0.0.7`.
-    pub label: String,
+    pub who: Who,
     pub limits: RateLimits,
+}
+
+impl Scope {
+    /// The scope's name in shared stores: `key:<name>` or `ip:<addr>`.
+    pub fn id(&self) -> String {
+        match &self.who {
+            Who::Key(name) => format!("key:{name}"),
+            Who::Address(ip) => format!("ip:{ip}"),
+        }
+    }
+
+    /// How the scope is named in a refusal: `key team-a`, `address 10.0.0.7`.
+    pub fn label(&self) -> String {
+        match &self.who {
+            Who::Key(name) => format!("key {name}"),
+            Who::Address(ip) => format!("address {ip}"),
+        }
+    }
+
+    pub fn is_key(&self) -> bool {
+        matches!(self.who, Who::Key(_))
+    }
 }
 
 /// Limits settled when a request ends: tokens charged (or refunded) against the reserve
@@ -97,9 +128,8 @@ pub struct Ticket {
     limiter: Arc<Limiter>,
     scope: Scope,
     reserved: u64,
-    request_id: String,
-    /// Admitted by Redis (so settled there), or by this replica.
-    shared: bool,
+    /// The parallel slot's name in Redis; `None`: admitted by this replica.
+    shared_slot: Option<String>,
     pub status: RateStatus,
     done: bool,
 }
@@ -117,7 +147,7 @@ impl Ticket {
         self.done = true;
         let delta = tokens.map_or(0, |t| t as i64 - self.reserved as i64);
         self.limiter
-            .settle(self.shared, &self.scope, delta, &self.request_id);
+            .settle(self.shared_slot.as_deref(), &self.scope, delta);
     }
 }
 
@@ -125,7 +155,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.done {
             self.limiter
-                .settle(self.shared, &self.scope, 0, &self.request_id);
+                .settle(self.shared_slot.as_deref(), &self.scope, 0);
         }
     }
 }
@@ -192,16 +222,14 @@ impl Limiter {
     pub fn scope(&self, who: &Principal, ip: Option<IpAddr>) -> Option<Scope> {
         match who {
             Principal::Key(k) if !k.limits.is_empty() => Some(Scope {
-                id: format!("key:{}", k.name),
-                label: format!("key {}", k.name),
+                who: Who::Key(k.name.clone()),
                 limits: k.limits,
             }),
             Principal::Key(_) => None,
             Principal::Master | Principal::Anonymous => {
                 let ip = ip?;
-                (!self.per_ip.is_empty()).then(|| Scope {
-                    id: format!("ip:{ip}"),
-                    label: format!("address {ip}"),
+                (!self.per_ip.is_empty()).then_some(Scope {
+                    who: Who::Address(ip),
                     limits: self.per_ip,
                 })
             }
@@ -216,41 +244,41 @@ impl Limiter {
         tokens: u64,
         request_id: &str,
     ) -> Result<Ticket, (ProxyError, RateStatus)> {
-        // Parallel slots are named by us, never by the client's request id (a client
-        // reusing one id must not share one slot across requests).
-        let slot = format!("{request_id}:{}", crate::ids::uuid_v4().simple());
-        let request_id = slot.as_str();
-        let mut shared = false;
+        let mut shared_slot = None;
         let decision = match &self.redis {
-            Some(r) => match r.admit(&scope, tokens, request_id).await {
-                Ok(d) => {
-                    shared = true;
-                    d
-                }
-                Err(e) => {
-                    r.note_failure(&e);
-                    match self.on_redis_error {
-                        OnRedisError::Allow => self.local.admit(&scope, tokens, request_id),
-                        OnRedisError::Deny => {
-                            let err = ProxyError::new(
-                                ErrorCode::Unavailable,
-                                "the shared rate-limit store is unreachable; retry shortly",
-                            )
-                            .with_retry_after(Duration::from_secs(1));
-                            return Err((err, RateStatus::default()));
+            Some(r) => {
+                // Parallel slots are named by us, never by the client's request id (a
+                // client reusing one id must not share one slot across requests).
+                let slot = format!("{request_id}:{}", crate::ids::uuid_v4().simple());
+                match r.admit(&scope, tokens, &slot).await {
+                    Ok(d) => {
+                        shared_slot = Some(slot);
+                        d
+                    }
+                    Err(e) => {
+                        r.note_failure(&e);
+                        match self.on_redis_error {
+                            OnRedisError::Allow => self.local.admit(&scope, tokens),
+                            OnRedisError::Deny => {
+                                let err = ProxyError::new(
+                                    ErrorCode::Unavailable,
+                                    "the shared rate-limit store is unreachable; retry shortly",
+                                )
+                                .with_retry_after(Duration::from_secs(1));
+                                return Err((err, RateStatus::default()));
+                            }
                         }
                     }
                 }
-            },
-            None => self.local.admit(&scope, tokens, request_id),
+            }
+            None => self.local.admit(&scope, tokens),
         };
         match decision {
             Ok(status) => Ok(Ticket {
                 limiter: self.clone(),
                 scope,
                 reserved: tokens,
-                request_id: request_id.to_owned(),
-                shared,
+                shared_slot,
                 status,
                 done: false,
             }),
@@ -260,13 +288,13 @@ impl Limiter {
                     format!(
                         "rate limit: this request needs more {} than {} may ever use",
                         refusal.exceeded.as_str(),
-                        scope.label
+                        scope.label()
                     )
                 } else {
                     format!(
                         "rate limit of {} reached for {}; retry in {:.1}s",
                         refusal.exceeded.as_str(),
-                        scope.label,
+                        scope.label(),
                         wait.as_secs_f64()
                     )
                 };
@@ -277,10 +305,10 @@ impl Limiter {
         }
     }
 
-    fn settle(&self, shared: bool, scope: &Scope, token_delta: i64, request_id: &str) {
-        match &self.redis {
-            Some(r) if shared => r.settle(scope.clone(), token_delta, request_id.to_owned()),
-            _ => self.local.settle(scope, token_delta, request_id),
+    fn settle(&self, shared_slot: Option<&str>, scope: &Scope, token_delta: i64) {
+        match (&self.redis, shared_slot) {
+            (Some(r), Some(slot)) => r.settle(scope.clone(), token_delta, slot.to_owned()),
+            _ => self.local.settle(scope, token_delta),
         }
     }
 }

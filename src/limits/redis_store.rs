@@ -127,7 +127,7 @@ impl RedisStore {
 
     fn keys(scope: &Scope) -> [String; 3] {
         // One hash tag per scope: its keys share a cluster slot, as a script needs.
-        let tag = format!("llm-proxy:{{{}}}", scope.id);
+        let tag = format!("llm-proxy:{{{}}}", scope.id());
         [
             format!("{tag}:req"),
             format!("{tag}:tok"),

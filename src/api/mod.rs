@@ -219,18 +219,20 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         started: Instant::now(),
     };
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // The URI shares its bytes: cloning it copies no path.
+    let uri = req.uri().clone();
     req.extensions_mut().insert(ctx.clone());
     let mut resp = next.run(req).await;
     if let Ok(v) = HeaderValue::from_str(&ctx.id) {
-        resp.headers_mut().insert("x-request-id", v);
+        resp.headers_mut()
+            .insert(http::HeaderName::from_static("x-request-id"), v);
     }
     if resp.extensions().get::<Logged>().is_none() {
         let status = resp.status().as_u16();
         let latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(
             target: "llm_proxy::request",
-            request_id = %ctx.id, method = %method, path = %path, status, latency_ms,
+            request_id = %ctx.id, method = %method, path = uri.path(), status, latency_ms,
             "request"
         );
     }

@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{AppState, AppStateRef, Caller, Logged, RequestCtx, body, validate};
@@ -108,17 +108,20 @@ async fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, ProxyError> {
 /// Which model and deployment served (a fallback's, when one did) and in how many
 /// attempts.
 fn routing_headers(headers: &mut HeaderMap, model: &str, outcome: &Outcome) {
+    const MODEL: HeaderName = HeaderName::from_static("x-llm-proxy-model");
+    const DEPLOYMENT: HeaderName = HeaderName::from_static("x-llm-proxy-deployment");
+    const ATTEMPTS: HeaderName = HeaderName::from_static("x-llm-proxy-attempts");
     let served = outcome.deployment.as_ref().map_or(model, |d| &*d.model);
     if let Ok(v) = HeaderValue::from_str(served) {
-        headers.insert("x-llm-proxy-model", v);
+        headers.insert(MODEL, v);
     }
     if let Some(d) = &outcome.deployment {
         if let Ok(v) = HeaderValue::from_str(&d.id) {
-            headers.insert("x-llm-proxy-deployment", v);
+            headers.insert(DEPLOYMENT, v);
         }
     }
     if outcome.attempts > 0 {
-        headers.insert("x-llm-proxy-attempts", HeaderValue::from(outcome.attempts));
+        headers.insert(ATTEMPTS, HeaderValue::from(outcome.attempts));
     }
 }
 
@@ -329,6 +332,9 @@ pub(crate) async fn serve<D: Dialect>(
                     body,
                 )
                     .into_response();
+                // Room for every header added below and the request id, in one allocation
+                // instead of the map growing (and rehashing) twice on the way.
+                out.headers_mut().reserve(12);
                 if let Some(v) = overhead(&log, &state.metrics) {
                     out.headers_mut().insert(OVERHEAD_HEADER, v);
                 }
@@ -346,7 +352,7 @@ pub(crate) async fn serve<D: Dialect>(
     }
 }
 
-const OVERHEAD_HEADER: &str = "x-llm-proxy-overhead-ms";
+const OVERHEAD_HEADER: HeaderName = HeaderName::from_static("x-llm-proxy-overhead-ms");
 
 /// The proxy's own time so far: the request's time minus the time spent waiting on
 /// upstreams (to the reply, or to a stream's first chunk). Recorded as a metric and

@@ -62,7 +62,7 @@ impl AnthropicProvider {
             .request(self.messages_url.post(&self.client))
             .header(http::header::CONTENT_TYPE, "application/json");
         if let Some(tp) = &req.traceparent {
-            rb = rb.header("traceparent", tp);
+            rb = rb.header(http::HeaderName::from_static("traceparent"), tp);
         }
         let body = match &req.anthropic_raw {
             // An Anthropic client's own request, as sent, with our model id.

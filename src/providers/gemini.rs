@@ -69,7 +69,7 @@ impl GeminiProvider {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body);
         if let Some(tp) = &req.traceparent {
-            rb = rb.header("traceparent", tp);
+            rb = rb.header(http::HeaderName::from_static("traceparent"), tp);
         }
         send(rb, self.api_key.as_ref()).await
     }

@@ -155,7 +155,7 @@ impl OpenAiProvider {
             )
             .body(body);
         if let Some(tp) = traceparent {
-            rb = rb.header("traceparent", tp);
+            rb = rb.header(http::HeaderName::from_static("traceparent"), tp);
         }
         self.authorize(rb)
     }

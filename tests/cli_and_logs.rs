@@ -17,25 +17,10 @@ const AUDITED_KEY: &str = "audited-key-must-not-be-logged-0123";
 const LIMITED_KEY: &str = "limited-key-must-not-be-logged-0123";
 const UPSTREAM_KEY: &str = "sk-upstream-9a8b7c6d5e4f3a2b";
 
-fn temp_config(text: &str) -> tempfile_path::TempPath {
-    tempfile_path::write(text)
-}
-
-/// A tiny self-cleaning temp file, to avoid a dependency for one helper.
-mod tempfile_path {
-    use std::path::PathBuf;
-    pub struct TempPath(pub PathBuf);
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-    pub fn write(text: &str) -> TempPath {
-        let p =
-            std::env::temp_dir().join(format!("llm-proxy-test-{}.yaml", llm_proxy::ids::uuid_v4()));
-        std::fs::write(&p, text).unwrap();
-        TempPath(p)
-    }
+fn temp_config(text: &str) -> TempFile {
+    let file = TempFile::new("test", ".yaml");
+    std::fs::write(&file, text).unwrap();
+    file
 }
 
 #[test]
@@ -46,7 +31,7 @@ fn check_config_prints_models_and_masks_secrets() {
     );
     let out = std::process::Command::new(BIN)
         .args(["check-config", "--config"])
-        .arg(&cfg.0)
+        .arg(&*cfg)
         .env("MK", MASTER)
         .env("UK", UPSTREAM_KEY)
         .output()
@@ -76,7 +61,7 @@ fn check_config_fails_naming_the_key() {
     );
     let out = std::process::Command::new(BIN)
         .args(["check-config", "--config"])
-        .arg(&cfg.0)
+        .arg(&*cfg)
         .env_remove("NOT_SET_ANYWHERE_42")
         .output()
         .unwrap();
@@ -138,10 +123,7 @@ async fn logs_scenario(one_cpu: bool) {
     let up = fake_upstream().await;
     // `fail500-once` fails the first request its fake sees: it gets a fake of its own.
     let flaky_up = fake_upstream().await;
-    let ledger = std::env::temp_dir().join(format!(
-        "llm-proxy-logs-{}-{one_cpu}.db",
-        std::process::id()
-    ));
+    let ledger = TempFile::new("logs", ".db");
     let cfg = temp_config(&format!(
         "auth: {{ master_key: ${{MK}}, keys: [ {{ name: limited, key: ${{LK}}, rpm: 1 }}, {{ name: audited, key: ${{AK}}, log_content: true }} ] }}\nproviders:\n  up: {{ kind: openai, base_url: '{}', api_key: ${{UK}} }}\n  \
          flaky_up: {{ kind: openai, base_url: '{}', api_key: ${{UK}} }}\n\
@@ -168,7 +150,7 @@ async fn logs_scenario(one_cpu: bool) {
     };
     let mut child = command
         .arg("--config")
-        .arg(&cfg.0)
+        .arg(&*cfg)
         .args(["--port", "0"])
         .env("MK", MASTER)
         .env("UK", UPSTREAM_KEY)
@@ -366,8 +348,5 @@ async fn logs_scenario(one_cpu: bool) {
             "{line}"
         );
         assert!(!line["completion"].as_str().unwrap().is_empty(), "{line}");
-    }
-    for ext in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", ledger.display()));
     }
 }

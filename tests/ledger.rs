@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 const MASTER: &str = "ledger-master-0123456789";
 const TEAM: &str = "ledger-team-key-0123456789";
 
-fn db_path() -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("llm-proxy-ledger-{}.db", llm_proxy::ids::uuid_v4()))
+fn db_path() -> TempFile {
+    TempFile::new("ledger", ".db")
 }
 
 fn config(db: &std::path::Path) -> String {
@@ -152,7 +152,6 @@ async fn one_row_per_request_costs_admin_api_and_a_flush_on_shutdown() {
         )
         .unwrap();
     assert!(!dump.contains(TEAM) && !dump.contains(MASTER));
-    let _ = std::fs::remove_file(&db);
 }
 
 #[tokio::test]
@@ -183,7 +182,6 @@ async fn a_spent_budget_is_429_budget_exceeded() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let px = proxy(&yaml).await;
     assert_eq!(post(&px.url(), TEAM, "custom", false).await.status(), 429);
-    let _ = std::fs::remove_file(&db);
 }
 
 fn assert_every_completed_request_has_a_row(db: &std::path::Path, completed: &[String]) {
@@ -209,14 +207,11 @@ fn assert_every_completed_request_has_a_row(db: &std::path::Path, completed: &[S
 async fn sigterm_mid_burst_loses_no_completed_request() {
     use tokio::io::AsyncBufReadExt;
     let db = db_path();
-    let cfg = std::env::temp_dir().join(format!(
-        "llm-proxy-ledger-{}.yaml",
-        llm_proxy::ids::uuid_v4()
-    ));
+    let cfg = TempFile::new("ledger", ".yaml");
     std::fs::write(&cfg, config(&db)).unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_llm-proxy"))
         .arg("--config")
-        .arg(&cfg)
+        .arg(&*cfg)
         .args(["--port", "0"])
         .env("LLM_PROXY__LOG_LEVEL", "info")
         .stdout(std::process::Stdio::piped())
@@ -259,6 +254,4 @@ async fn sigterm_mid_burst_loses_no_completed_request() {
         burst.answered
     );
     assert_every_completed_request_has_a_row(&db, &burst.completed);
-    let _ = std::fs::remove_file(&db);
-    let _ = std::fs::remove_file(&cfg);
 }

@@ -75,10 +75,7 @@ async fn metrics_parse_and_move_with_traffic() {
         .local_addr()
         .unwrap()
         .port();
-    let db = std::env::temp_dir().join(format!(
-        "llm-proxy-metrics-{}.db",
-        llm_proxy::ids::uuid_v4()
-    ));
+    let db = TempFile::new("metrics", ".db");
     let yaml = format!(
         "providers: {{ mock: {{ kind: mock }} }}\n\
          models: [ {{ name: mock-small, provider: mock, input_cost_per_token: 0.001, output_cost_per_token: 0.002 }} ]\n\
@@ -220,9 +217,6 @@ async fn metrics_parse_and_move_with_traffic() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    for ext in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
-    }
 
     if let Some(families) = parse_with_prometheus(&text) {
         for (name, kind) in [

@@ -547,3 +547,40 @@ pub async fn sigterm_and_wait(
 
 pub mod fake_providers;
 pub mod ledger_burst;
+
+/// A file in the temporary directory, removed with its SQLite companions (`-wal`, `-shm`)
+/// when dropped, so a test leaves nothing behind even when it fails.
+pub struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    /// `llm-proxy-{prefix}-{uuid}{suffix}` in the temporary directory (not created).
+    pub fn new(prefix: &str, suffix: &str) -> Self {
+        Self(std::env::temp_dir().join(format!(
+            "llm-proxy-{prefix}-{}{suffix}",
+            llm_proxy::ids::uuid_v4()
+        )))
+    }
+}
+
+impl std::ops::Deref for TempFile {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for TempFile {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        for ext in ["", "-wal", "-shm"] {
+            let mut p = self.0.clone().into_os_string();
+            p.push(ext);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}

@@ -6,10 +6,12 @@
 //!
 //! Recording is a few atomic operations on the request path. Label values that come from
 //! clients (model names) are capped, so a client inventing model names cannot grow the
-//! series without bound.
+//! series without bound. The per-request label sets allocate nothing: names are interned
+//! once as `Arc<str>` (a clone is a reference count), the endpoint and token type are
+//! static strings, the status a number.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
 
@@ -21,26 +23,29 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// An interned label value.
+type Name = Arc<str>;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub endpoint: String,
-    pub model: String,
-    pub provider: String,
-    pub status: String,
+    pub endpoint: &'static str,
+    pub model: Name,
+    pub provider: Name,
+    pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
-    pub model: String,
-    pub provider: String,
+    pub model: Name,
+    pub provider: Name,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
-    pub model: String,
-    pub provider: String,
+    pub model: Name,
+    pub provider: Name,
     /// `input`, `output`, `cached` or `reasoning`.
-    pub r#type: String,
+    pub r#type: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,8 +62,8 @@ pub struct ErrorLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FallbackLabels {
-    pub from: String,
-    pub to: String,
+    pub from: Name,
+    pub to: Name,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -107,7 +112,12 @@ pub struct Metrics {
     in_flight: Gauge<i64, AtomicI64>,
     streams: Gauge<i64, AtomicI64>,
     deployment_state: Family<StateLabels, Gauge<i64, AtomicI64>>,
-    models_seen: Mutex<HashSet<String>>,
+    /// Model names seen (at most `MAX_MODELS`).
+    models_seen: Mutex<HashSet<Name>>,
+    /// Other names (providers): the config bounds them.
+    names: Mutex<HashSet<Name>>,
+    other: Name,
+    none: Name,
 }
 
 impl Default for Metrics {
@@ -209,19 +219,45 @@ impl Metrics {
             deployment_state,
             cost,
             models_seen: Mutex::new(HashSet::new()),
+            names: Mutex::new(HashSet::new()),
+            other: Arc::from("other"),
+            none: Arc::from("-"),
         }
     }
 
     /// A model name as a label value: itself while fewer than `MAX_MODELS` were seen.
-    fn model_label(&self, model: &str) -> String {
-        let Ok(mut seen) = self.models_seen.lock() else {
-            return "other".into();
+    fn model_label(&self, model: Option<&str>) -> Name {
+        let Some(model) = model else {
+            return self.none.clone();
         };
-        if seen.contains(model) || (seen.len() < MAX_MODELS && seen.insert(model.to_owned())) {
-            model.to_owned()
-        } else {
-            "other".into()
+        let Ok(mut seen) = self.models_seen.lock() else {
+            return self.other.clone();
+        };
+        if let Some(name) = seen.get(model) {
+            return name.clone();
         }
+        if seen.len() >= MAX_MODELS {
+            return self.other.clone();
+        }
+        let name: Name = Arc::from(model);
+        seen.insert(name.clone());
+        name
+    }
+
+    /// A provider's name as a label value (`-` for none).
+    fn name(&self, name: Option<&str>) -> Name {
+        let Some(name) = name else {
+            return self.none.clone();
+        };
+        let Ok(mut names) = self.names.lock() else {
+            return Arc::from(name);
+        };
+        if let Some(n) = names.get(name) {
+            return n.clone();
+        }
+        let n: Name = Arc::from(name);
+        names.insert(n.clone());
+        n
     }
 
     /// Adds a request's estimated cost.
@@ -230,8 +266,8 @@ impl Metrics {
             return;
         }
         let labels = ModelLabels {
-            model: self.model_label(model.unwrap_or("-")),
-            provider: provider.unwrap_or("-").to_owned(),
+            model: self.model_label(model),
+            provider: self.name(provider),
         };
         self.cost.get_or_create(&labels).inc_by(usd);
     }
@@ -240,7 +276,7 @@ impl Metrics {
     #[allow(clippy::too_many_arguments)]
     pub fn request(
         &self,
-        endpoint: &str,
+        endpoint: &'static str,
         model: Option<&str>,
         provider: Option<&str>,
         status: u16,
@@ -248,14 +284,14 @@ impl Metrics {
         ttft: Option<Duration>,
         usage: Option<crate::types::Usage>,
     ) {
-        let model = self.model_label(model.unwrap_or("-"));
-        let provider = provider.unwrap_or("-").to_owned();
+        let model = self.model_label(model);
+        let provider = self.name(provider);
         self.requests
             .get_or_create(&RequestLabels {
-                endpoint: endpoint.to_owned(),
+                endpoint,
                 model: model.clone(),
                 provider: provider.clone(),
-                status: status.to_string(),
+                status,
             })
             .inc();
         let ml = ModelLabels {
@@ -280,7 +316,7 @@ impl Metrics {
                         .get_or_create(&TokenLabels {
                             model: model.clone(),
                             provider: provider.clone(),
-                            r#type: kind.to_owned(),
+                            r#type: kind,
                         })
                         .inc_by(n);
                 }
@@ -290,8 +326,8 @@ impl Metrics {
 
     pub fn overhead(&self, model: &str, provider: &str, d: Duration) {
         let ml = ModelLabels {
-            model: self.model_label(model),
-            provider: provider.to_owned(),
+            model: self.model_label(Some(model)),
+            provider: self.name(Some(provider)),
         };
         self.overhead.get_or_create(&ml).observe(d.as_secs_f64());
     }
@@ -316,8 +352,8 @@ impl Metrics {
     pub fn fallback(&self, from: &str, to: &str) {
         self.fallbacks
             .get_or_create(&FallbackLabels {
-                from: self.model_label(from),
-                to: self.model_label(to),
+                from: self.model_label(Some(from)),
+                to: self.model_label(Some(to)),
             })
             .inc();
     }

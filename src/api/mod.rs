@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod body;
+mod context;
 mod error;
 mod llm;
 mod messages;
@@ -17,12 +18,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router as HttpRouter;
-use axum::extract::{FromRequestParts, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::extract::{FromRequestParts, State};
+use axum::middleware;
 use axum::routing::{get, post};
+use http::Method;
 use http::request::Parts;
-use http::{HeaderValue, Method};
 use tokio::sync::Semaphore;
 
 pub use body::decode as decode_body;
@@ -35,6 +35,7 @@ use crate::limits::Limiter;
 use crate::router::Router;
 use crate::shutdown::Closing;
 use crate::telemetry::Metrics;
+use context::RequestContextLayer;
 
 /// Everything a handler needs, built once at start and shared.
 pub struct AppState {
@@ -213,32 +214,6 @@ fn request_id_from(headers: &http::HeaderMap) -> Arc<str> {
         .unwrap_or_else(new_request_id)
 }
 
-async fn request_context(mut req: Request, next: Next) -> Response {
-    let ctx = RequestCtx {
-        id: request_id_from(req.headers()),
-        started: Instant::now(),
-    };
-    let method = req.method().clone();
-    // The URI shares its bytes: cloning it copies no path.
-    let uri = req.uri().clone();
-    req.extensions_mut().insert(ctx.clone());
-    let mut resp = next.run(req).await;
-    if let Ok(v) = HeaderValue::from_str(&ctx.id) {
-        resp.headers_mut()
-            .insert(http::HeaderName::from_static("x-request-id"), v);
-    }
-    if resp.extensions().get::<Logged>().is_none() {
-        let status = resp.status().as_u16();
-        let latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
-        tracing::info!(
-            target: "llm_proxy::request",
-            request_id = %ctx.id, method = %method, path = uri.path(), status, latency_ms,
-            "request"
-        );
-    }
-    resp
-}
-
 async fn not_found(ctx: RequestCtx, method: Method, uri: http::Uri) -> ApiError {
     ApiError::new(
         ProxyError::new(
@@ -280,7 +255,7 @@ pub fn app(state: Arc<AppState>) -> HttpRouter {
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
-        .layer(middleware::from_fn(request_context))
+        .layer(RequestContextLayer)
         .with_state(state)
 }
 
@@ -294,7 +269,7 @@ pub fn metrics_app(state: Arc<AppState>) -> HttpRouter {
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
-        .layer(middleware::from_fn(request_context))
+        .layer(RequestContextLayer)
         .with_state(state)
 }
 

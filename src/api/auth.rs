@@ -1,11 +1,15 @@
 //! Inbound authentication: `Authorization: Bearer`, `x-api-key` (Anthropic SDK style) and
 //! the predecessor's `x-internal-auth` all carry the same key, compared in constant time.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
+use tower::{Layer, Service};
 
 use super::{ApiError, AppState, RequestCtx};
 use crate::error::{ErrorCode, ProxyError};
@@ -33,25 +37,103 @@ fn presented_keys(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {
 
 /// Identifies the caller (master key, virtual key, or anonymous when no key is
 /// configured) and hands the principal to the handler; anything else is a 401.
-pub async fn require_key(
-    State(state): State<Arc<AppState>>,
-    ctx: RequestCtx,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    match state.keys.identify(presented_keys(req.headers())) {
-        Ok(principal) => {
-            req.extensions_mut().insert(principal);
-            next.run(req).await
+///
+/// A tower layer of its own rather than `axum::middleware::from_fn`, which boxes a future
+/// and clones the inner service on every request (see `api/context.rs`).
+#[derive(Clone)]
+pub struct RequireKeyLayer {
+    state: Arc<AppState>,
+}
+
+impl RequireKeyLayer {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> Layer<S> for RequireKeyLayer {
+    type Service = RequireKey<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireKey {
+            inner,
+            state: self.state.clone(),
         }
-        Err(failure) => {
-            let message = match failure {
-                AuthFailure::Invalid => "invalid API key",
-                AuthFailure::Missing => {
-                    "missing API key: send `Authorization: Bearer <key>`, `x-api-key: <key>` or `x-internal-auth: <key>`"
+    }
+}
+
+#[derive(Clone)]
+pub struct RequireKey<S> {
+    inner: S,
+    state: Arc<AppState>,
+}
+
+impl<S> Service<Request> for RequireKey<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = KeyFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        match self.state.keys.identify(presented_keys(req.headers())) {
+            Ok(principal) => {
+                req.extensions_mut().insert(principal);
+                KeyFuture::Admitted {
+                    inner: self.inner.call(req),
                 }
-            };
-            ApiError::new(ProxyError::new(ErrorCode::Unauthorized, message), &ctx).into_response()
+            }
+            Err(failure) => {
+                let message = match failure {
+                    AuthFailure::Invalid => "invalid API key",
+                    AuthFailure::Missing => {
+                        "missing API key: send `Authorization: Bearer <key>`, `x-api-key: <key>` or `x-internal-auth: <key>`"
+                    }
+                };
+                // Set by the request-context layer outside this one.
+                let ctx = req
+                    .extensions()
+                    .get::<RequestCtx>()
+                    .cloned()
+                    .unwrap_or_else(|| RequestCtx {
+                        id: super::request_id_from(req.headers()),
+                        started: std::time::Instant::now(),
+                    });
+                let resp = ApiError::new(ProxyError::new(ErrorCode::Unauthorized, message), &ctx)
+                    .into_response();
+                KeyFuture::Refused { resp: Some(resp) }
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = KeyFutureProj]
+    pub enum KeyFuture<F> {
+        Admitted { #[pin] inner: F },
+        Refused { resp: Option<Response> },
+    }
+}
+
+impl<F> Future for KeyFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            KeyFutureProj::Admitted { inner } => inner.poll(cx),
+            KeyFutureProj::Refused { resp } => match resp.take() {
+                Some(r) => Poll::Ready(Ok(r)),
+                // Polled again after answering: a caller error; answer again rather than panic.
+                None => Poll::Ready(Ok(http::StatusCode::UNAUTHORIZED.into_response())),
+            },
         }
     }
 }

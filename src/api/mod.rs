@@ -19,7 +19,6 @@ use std::time::Instant;
 
 use axum::Router as HttpRouter;
 use axum::extract::{FromRequestParts, State};
-use axum::middleware;
 use axum::routing::{get, post};
 use http::Method;
 use http::request::Parts;
@@ -244,10 +243,7 @@ pub fn app(state: Arc<AppState>) -> HttpRouter {
         .route("/admin/usage", get(admin::usage))
         .route("/admin/requests", get(admin::requests))
         .route("/v1/llm/completions", post(llm::completions))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_key,
-        ));
+        .route_layer(auth::RequireKeyLayer::new(state.clone()));
     HttpRouter::new()
         .route("/health", get(models::health))
         .route("/openapi.json", get(openapi::spec))
@@ -263,10 +259,7 @@ pub fn app(state: Arc<AppState>) -> HttpRouter {
 pub fn metrics_app(state: Arc<AppState>) -> HttpRouter {
     HttpRouter::new()
         .route("/metrics", get(models::metrics))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_key,
-        ))
+        .route_layer(auth::RequireKeyLayer::new(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(RequestContextLayer)

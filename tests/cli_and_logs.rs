@@ -167,27 +167,15 @@ async fn logs_scenario(one_cpu: bool) {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut log = Vec::new();
-    let url = loop {
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("proxy exited before listening");
-        log.push(line.clone());
-        if let Some(i) = line.find("listening on http://") {
-            let v: Value = serde_json::from_str(&line).unwrap();
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let expected = if one_cpu || cpus == 1 {
-                "current_thread"
-            } else {
-                "multi_thread"
-            };
-            assert_eq!(v["runtime"], expected, "{line}");
-            let rest = &line[i + "listening on ".len()..];
-            break rest.split('"').next().unwrap().to_owned();
-        }
+    let (url, mut log) = wait_listening(&mut lines).await;
+    let startup: Value = serde_json::from_str(log.last().unwrap()).unwrap();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let expected = if one_cpu || cpus == 1 {
+        "current_thread"
+    } else {
+        "multi_thread"
     };
+    assert_eq!(startup["runtime"], expected, "{startup}");
     let c = client();
     let post = |model: &str, stream: bool, key: &str| {
         c.post(format!("{url}/v1/chat/completions"))

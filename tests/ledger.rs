@@ -220,17 +220,7 @@ async fn sigterm_mid_burst_loses_no_completed_request() {
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("proxy exited before listening");
-        if let Some(i) = line.find("listening on http://") {
-            let rest = &line[i + "listening on ".len()..];
-            break rest.split('"').next().unwrap().to_owned();
-        }
-    };
+    let (url, _) = wait_listening(&mut lines).await;
     // Drain the log so the proxy never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 

@@ -584,3 +584,25 @@ impl Drop for TempFile {
         }
     }
 }
+
+/// The lines of a proxy subprocess's stdout.
+pub type ChildLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// Reads a proxy subprocess's log until its startup line (at most 10 s); returns the URL
+/// it listens on and every line read, the startup line last.
+pub async fn wait_listening(lines: &mut ChildLines) -> (String, Vec<String>) {
+    let mut read = Vec::new();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("no startup line within 10 s")
+            .unwrap()
+            .expect("proxy exited before listening");
+        read.push(line.clone());
+        if let Some(i) = line.find("listening on http://") {
+            let rest = &line[i + "listening on ".len()..];
+            let url = rest.split('"').next().unwrap().to_owned();
+            return (url, read);
+        }
+    }
+}

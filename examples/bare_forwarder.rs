@@ -29,16 +29,8 @@ fn main() -> Result<(), Error> {
     let usage = "usage: bare_forwarder LISTEN_ADDR UPSTREAM_BASE_URL";
     let listen: SocketAddr = args.next().ok_or(usage)?.parse()?;
     let upstream: http::Uri = args.next().ok_or(usage)?.parse()?;
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let rt = if cpus == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-    };
+    // The proxy's own runtime, so the two are compared on the same scheduler.
+    let rt = llm_proxy::server::runtime()?;
     rt.block_on(serve(listen, upstream))
 }
 

@@ -187,30 +187,10 @@ fn describe(s: &Settings) -> String {
     o
 }
 
-/// The async runtime, sized to the CPUs this process may use (affinity and cgroup quota
-/// included). On one CPU it is tokio's single-threaded scheduler: with nothing to balance,
-/// the work-stealing scheduler's cross-thread bookkeeping only costs (about 9% of the CPU
-/// per request in bench/RESULTS.md's A/B runs). Blocking work never runs on it either way:
-/// the ledger and the log writer have their own threads, ledger queries use the blocking
-/// pool.
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    if cpus == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cpus)
-            .enable_all()
-            .build()
-    }
-}
-
 fn run(settings: Settings) -> ExitCode {
     // Dropped when `run` returns, after the runtime: writes the last queued log lines.
     let _log_flush = llm_proxy::telemetry::init(&settings.log_level);
-    let rt = match runtime() {
+    let rt = match server::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("llm-proxy: cannot start the runtime: {e}");

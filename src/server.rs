@@ -42,6 +42,26 @@ pub enum StartError {
     Unauthenticated { host: String },
 }
 
+/// The async runtime, sized to the CPUs this process may use (affinity and cgroup quota
+/// included). On one CPU it is tokio's single-threaded scheduler: with nothing to balance,
+/// the work-stealing scheduler's cross-thread bookkeeping only costs (about 9% of the CPU
+/// per request in bench/RESULTS.md's A/B runs). Blocking work never runs on it either way:
+/// the ledger and the log writer have their own threads, ledger queries use the blocking
+/// pool.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cpus)
+            .enable_all()
+            .build()
+    }
+}
+
 /// Whether `host` only accepts connections from this machine.
 pub fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")

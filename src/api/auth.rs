@@ -95,15 +95,7 @@ where
                         "missing API key: send `Authorization: Bearer <key>`, `x-api-key: <key>` or `x-internal-auth: <key>`"
                     }
                 };
-                // Set by the request-context layer outside this one.
-                let ctx = req
-                    .extensions()
-                    .get::<RequestCtx>()
-                    .cloned()
-                    .unwrap_or_else(|| RequestCtx {
-                        id: super::request_id_from(req.headers()),
-                        started: std::time::Instant::now(),
-                    });
+                let ctx = RequestCtx::of(req.extensions(), req.headers());
                 let resp = ApiError::new(ProxyError::new(ErrorCode::Unauthorized, message), &ctx)
                     .into_response();
                 KeyFuture::Refused { resp: Some(resp) }

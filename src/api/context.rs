@@ -11,14 +11,13 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
 
 use axum::extract::Request;
 use axum::response::Response;
 use http::{HeaderName, HeaderValue, Method, Uri};
 use tower::{Layer, Service};
 
-use super::{Logged, RequestCtx, request_id_from};
+use super::{Logged, RequestCtx};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -51,10 +50,7 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let ctx = RequestCtx {
-            id: request_id_from(req.headers()),
-            started: Instant::now(),
-        };
+        let ctx = RequestCtx::new(req.headers());
         let method = req.method().clone();
         // The URI shares its bytes: cloning it copies no path.
         let uri = req.uri().clone();

@@ -174,18 +174,29 @@ pub struct RequestCtx {
     pub started: Instant,
 }
 
+impl RequestCtx {
+    /// A request's context as it arrives: its id (the caller's, when sane) and now.
+    pub fn new(headers: &http::HeaderMap) -> Self {
+        Self {
+            id: request_id_from(headers),
+            started: Instant::now(),
+        }
+    }
+
+    /// The context the request-context layer set, or a fresh one outside it.
+    pub fn of(extensions: &http::Extensions, headers: &http::HeaderMap) -> Self {
+        extensions
+            .get::<RequestCtx>()
+            .cloned()
+            .unwrap_or_else(|| Self::new(headers))
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for RequestCtx {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<RequestCtx>()
-            .cloned()
-            .unwrap_or_else(|| RequestCtx {
-                id: new_request_id(),
-                started: Instant::now(),
-            }))
+        Ok(Self::of(&parts.extensions, &parts.headers))
     }
 }
 

@@ -1,7 +1,9 @@
 //! The `anthropic` provider kind: Anthropic's Messages API (`x-api-key` and
 //! `anthropic-version` headers). Translation lives in [`crate::wire::anthropic`].
 
-use super::http::{Endpoint, HttpClient, RequestBuilder, Response, fetch, read_ok_body, send};
+use super::http::{
+    Credential, Endpoint, HttpClient, RequestBuilder, Response, fetch, read_ok_body, send,
+};
 use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::secret::Secret;
@@ -15,6 +17,8 @@ pub struct AnthropicProvider {
     messages_url: Endpoint,
     models_url: String,
     api_key: Option<Secret>,
+    /// `x-api-key`, made once from `api_key`.
+    credential: Option<Credential>,
     headers: http::HeaderMap,
 }
 
@@ -37,6 +41,9 @@ impl AnthropicProvider {
             client,
             messages_url: Endpoint::new(format!("{v1}/messages")),
             models_url: format!("{v1}/models"),
+            credential: api_key.as_ref().map(|k| {
+                Credential::header(http::HeaderName::from_static("x-api-key"), k.expose())
+            }),
             api_key,
             headers,
         }
@@ -46,8 +53,8 @@ impl AnthropicProvider {
         let mut rb = rb
             .headers(&self.headers)
             .header("anthropic-version", API_VERSION);
-        if let Some(k) = &self.api_key {
-            rb = rb.secret_header(http::HeaderName::from_static("x-api-key"), k.expose());
+        if let Some(c) = &self.credential {
+            rb = rb.credential(c);
         }
         rb
     }

@@ -1,7 +1,7 @@
 //! The `gemini` provider kind: the Gemini API with an AI Studio key (`x-goog-api-key`).
 //! Translation lives in [`crate::wire::gemini`].
 
-use super::http::{HttpClient, RequestBuilder, Response, fetch, read_ok_body, send};
+use super::http::{Credential, HttpClient, RequestBuilder, Response, fetch, read_ok_body, send};
 use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::secret::Secret;
@@ -15,6 +15,8 @@ pub struct GeminiProvider {
     /// Ends in the API version, e.g. `https://generativelanguage.googleapis.com/v1beta`.
     base_url: String,
     api_key: Option<Secret>,
+    /// `x-goog-api-key`, made once from `api_key`.
+    credential: Option<Credential>,
     headers: http::HeaderMap,
 }
 
@@ -28,6 +30,9 @@ impl GeminiProvider {
         Self {
             client,
             base_url: base_url.trim_end_matches('/').to_owned(),
+            credential: api_key.as_ref().map(|k| {
+                Credential::header(http::HeaderName::from_static("x-goog-api-key"), k.expose())
+            }),
             api_key,
             headers,
         }
@@ -48,10 +53,8 @@ impl GeminiProvider {
 
     fn request<'c>(&self, rb: RequestBuilder<'c>) -> RequestBuilder<'c> {
         let rb = rb.headers(&self.headers);
-        match &self.api_key {
-            Some(k) => {
-                rb.secret_header(http::HeaderName::from_static("x-goog-api-key"), k.expose())
-            }
+        match &self.credential {
+            Some(c) => rb.credential(c),
             None => rb,
         }
     }

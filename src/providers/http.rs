@@ -175,20 +175,15 @@ impl RequestBuilder<'_> {
         self
     }
 
-    /// A header carrying a credential: marked sensitive so no debug output shows it.
-    pub fn secret_header(mut self, name: HeaderName, value: &str) -> Self {
-        match HeaderValue::from_str(value) {
-            Ok(mut v) => {
-                v.set_sensitive(true);
-                self.head.headers_mut().insert(name, v);
+    /// The provider's credential header.
+    pub fn credential(mut self, credential: &Credential) -> Self {
+        match &credential.0 {
+            Some((name, value)) => {
+                self.head.headers_mut().insert(name.clone(), value.clone());
             }
-            Err(_) => self.fail("the API key cannot be sent in a header"),
+            None => self.fail("the API key cannot be sent in a header"),
         }
         self
-    }
-
-    pub fn bearer_auth(self, token: &str) -> Self {
-        self.secret_header(AUTHORIZATION, &format!("Bearer {token}"))
     }
 
     /// Adds every header of `extra` (the provider's configured headers).
@@ -207,6 +202,26 @@ impl RequestBuilder<'_> {
 
     fn fail(&mut self, why: &str) {
         self.error.get_or_insert_with(|| why.to_owned());
+    }
+}
+
+/// A provider's credential header, checked and marked sensitive (kept out of debug output)
+/// once, when the provider is built, not formatted and validated on every request. A key
+/// that cannot be a header value (a newline in it) stays that fact and fails each request
+/// without echoing the key.
+#[derive(Debug, Clone)]
+pub struct Credential(Option<(HeaderName, HeaderValue)>);
+
+impl Credential {
+    pub fn header(name: HeaderName, value: &str) -> Self {
+        Self(HeaderValue::from_str(value).ok().map(|mut v| {
+            v.set_sensitive(true);
+            (name, v)
+        }))
+    }
+
+    pub fn bearer(token: &str) -> Self {
+        Self::header(AUTHORIZATION, &format!("Bearer {token}"))
     }
 }
 
@@ -413,7 +428,7 @@ mod tests {
         let key = Secret::new("sk-line\nbreak".to_owned());
         let rb = client
             .post("http://127.0.0.1:9/v1/chat/completions")
-            .bearer_auth(key.expose());
+            .credential(&Credential::bearer(key.expose()));
         let err = send(rb, Some(&key)).await.unwrap_err();
         assert!(matches!(&err, UpstreamError::Connect(m) if !m.contains("sk-line")));
 

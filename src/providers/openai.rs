@@ -6,7 +6,9 @@
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-use super::http::{Endpoint, HttpClient, RequestBuilder, Response, fetch, read_ok_body, send};
+use super::http::{
+    Credential, Endpoint, HttpClient, RequestBuilder, Response, fetch, read_ok_body, send,
+};
 use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::secret::Secret;
@@ -47,6 +49,8 @@ pub struct OpenAiProvider {
     chat_url: Endpoint,
     flavor: Flavor,
     api_key: Option<Secret>,
+    /// `Authorization: Bearer` (`api-key` for Azure), made once from `api_key`.
+    credential: Option<Credential>,
     headers: http::HeaderMap,
 }
 
@@ -88,12 +92,20 @@ impl OpenAiProvider {
         headers: http::HeaderMap,
     ) -> Self {
         let base_url = base_url.trim_end_matches('/').to_owned();
+        let credential = api_key.as_ref().map(|k| {
+            if flavor.is_azure() {
+                Credential::header(http::HeaderName::from_static("api-key"), k.expose())
+            } else {
+                Credential::bearer(k.expose())
+            }
+        });
         Self {
             chat_url: Endpoint::new(format!("{base_url}/chat/completions")),
             client,
             base_url,
             flavor,
             api_key,
+            credential,
             headers,
         }
     }
@@ -121,11 +133,8 @@ impl OpenAiProvider {
     }
 
     fn authorize<'c>(&self, rb: RequestBuilder<'c>) -> RequestBuilder<'c> {
-        match &self.api_key {
-            Some(key) if self.flavor.is_azure() => {
-                rb.secret_header(http::HeaderName::from_static("api-key"), key.expose())
-            }
-            Some(key) => rb.bearer_auth(key.expose()),
+        match &self.credential {
+            Some(c) => rb.credential(c),
             None => rb,
         }
     }

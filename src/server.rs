@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{AppState, app};
+use crate::api::AppState;
 use crate::config::Settings;
 use crate::ledger::{Ledger, PriceBook, Sink};
 use crate::limits::Limiter;
@@ -87,7 +87,8 @@ pub fn check_exposure(settings: &Settings) -> Result<(), StartError> {
 
 /// The HTTP application and the trigger that ends what is still in flight at shutdown.
 pub struct App {
-    pub router: axum::Router,
+    /// The API port's service: the chat endpoints' fast lane before the router.
+    pub api: crate::api::Api,
     pub closing: Trigger,
     pub grace: Duration,
     /// Flushed once the server has stopped.
@@ -136,7 +137,7 @@ pub fn build_app(settings: &Settings) -> Result<App, StartError> {
     });
     Ok(App {
         metrics,
-        router: app(state),
+        api: crate::api::Api::new(state),
         closing: trigger,
         grace: settings.server.shutdown_grace,
         ledger,
@@ -172,7 +173,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let App {
-        router,
+        api,
         closing,
         grace,
         ledger,
@@ -199,23 +200,20 @@ pub async fn serve(
             tracing::debug!("could not set TCP_NODELAY: {e}");
         }
     });
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!(
-            grace_s = grace.as_secs_f64(),
-            "shutting down: no new connections; requests in flight may finish"
-        );
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            tracing::warn!("grace period over: ending requests still in flight");
-            closing.fire();
-        });
-    })
-    .await?;
+    axum::serve(listener, api)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!(
+                grace_s = grace.as_secs_f64(),
+                "shutting down: no new connections; requests in flight may finish"
+            );
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                tracing::warn!("grace period over: ending requests still in flight");
+                closing.fire();
+            });
+        })
+        .await?;
     // Every request has ended (and written its record): flush the ledger.
     if let Some(l) = ledger {
         let _ = tokio::task::spawn_blocking(move || l.close()).await;

@@ -16,7 +16,7 @@ use crate::error::{ErrorCode, ProxyError};
 use crate::keys::AuthFailure;
 
 /// Every key the request presents, from every accepted header.
-fn presented_keys(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {
+pub(super) fn presented_keys(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {
     let bearer = headers
         .get_all(http::header::AUTHORIZATION)
         .into_iter()
@@ -89,15 +89,8 @@ where
                 }
             }
             Err(failure) => {
-                let message = match failure {
-                    AuthFailure::Invalid => "invalid API key",
-                    AuthFailure::Missing => {
-                        "missing API key: send `Authorization: Bearer <key>`, `x-api-key: <key>` or `x-internal-auth: <key>`"
-                    }
-                };
                 let ctx = RequestCtx::of(req.extensions(), req.headers());
-                let resp = ApiError::new(ProxyError::new(ErrorCode::Unauthorized, message), &ctx)
-                    .into_response();
+                let resp = refusal(failure, &ctx);
                 KeyFuture::Refused { resp: Some(resp) }
             }
         }
@@ -128,4 +121,15 @@ where
             },
         }
     }
+}
+
+/// The 401 for a request whose key is missing or wrong.
+pub(super) fn refusal(failure: AuthFailure, ctx: &RequestCtx) -> Response {
+    let message = match failure {
+        AuthFailure::Invalid => "invalid API key",
+        AuthFailure::Missing => {
+            "missing API key: send `Authorization: Bearer <key>`, `x-api-key: <key>` or `x-internal-auth: <key>`"
+        }
+    };
+    ApiError::new(ProxyError::new(ErrorCode::Unauthorized, message), ctx).into_response()
 }

@@ -83,19 +83,25 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Ok(mut resp) = ready!(this.inner.poll(cx));
-        if let Ok(v) = HeaderValue::from_str(&this.ctx.id) {
-            resp.headers_mut().insert(REQUEST_ID, v);
-        }
-        if resp.extensions().get::<Logged>().is_none() {
-            let status = resp.status().as_u16();
-            let latency_ms = this.ctx.started.elapsed().as_secs_f64() * 1000.0;
-            tracing::info!(
-                target: "llm_proxy::request",
-                request_id = %this.ctx.id, method = %this.method, path = this.uri.path(),
-                status, latency_ms,
-                "request"
-            );
-        }
+        finish(this.ctx, this.method, this.uri.path(), &mut resp);
         Poll::Ready(Ok(resp))
+    }
+}
+
+/// What every response gets on its way out: its `x-request-id`, and a log line when no
+/// handler wrote one. Shared by this layer and the fast lane (`api/fast_lane.rs`).
+pub(super) fn finish(ctx: &RequestCtx, method: &Method, path: &str, resp: &mut Response) {
+    if let Ok(v) = HeaderValue::from_str(&ctx.id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    if resp.extensions().get::<Logged>().is_none() {
+        let status = resp.status().as_u16();
+        let latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            target: "llm_proxy::request",
+            request_id = %ctx.id, method = %method, path,
+            status, latency_ms,
+            "request"
+        );
     }
 }

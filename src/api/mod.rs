@@ -6,6 +6,7 @@ mod auth;
 mod body;
 mod context;
 mod error;
+mod fast_lane;
 mod llm;
 mod messages;
 mod models;
@@ -26,6 +27,7 @@ use tokio::sync::Semaphore;
 
 pub use body::decode as decode_body;
 pub use error::ApiError;
+pub use fast_lane::Api;
 
 use crate::config::Settings;
 use crate::error::{ErrorCode, ProxyError};

@@ -106,5 +106,5 @@ pub async fn chat_completions(
     uri: Uri,
     raw: Body,
 ) -> Response {
-    serve::<OpenAi>(state, ctx, caller, headers, uri, raw).await
+    serve::<OpenAi>(state.0, ctx, caller, headers, uri, raw).await
 }

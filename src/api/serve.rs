@@ -2,6 +2,7 @@
 //! admit, route, encode, log — parameterized by the client's [`Dialect`].
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -11,7 +12,7 @@ use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{AppState, AppStateRef, Caller, Logged, RequestCtx, body, validate};
+use super::{AppState, Caller, Logged, RequestCtx, body, validate};
 use crate::error::{ErrorCode, ProxyError};
 use crate::keys::Principal;
 use crate::limits::{RateStatus, Ticket, estimate_tokens};
@@ -165,14 +166,13 @@ fn prepare<D: Dialect>(
 
 /// The handler body for any dialect.
 pub(crate) async fn serve<D: Dialect>(
-    state: AppStateRef,
+    state: Arc<AppState>,
     ctx: RequestCtx,
     caller: Caller,
     headers: HeaderMap,
     uri: Uri,
     raw: Body,
 ) -> Response {
-    let state = state.0;
     let mut log = RequestLog::new(ctx.id.clone(), D::ENDPOINT, ctx.started)
         .with_metrics(state.metrics.clone());
     log.ledger = state.ledger.clone();

@@ -1,0 +1,202 @@
+//! The fast lane: the chat endpoints (every route whose handler is [`serve`]) answered
+//! without axum's router, extractors and layers, ahead of the router that serves the rest.
+//!
+//! Why: these are the requests a gateway exists for, and on them the general machinery
+//! cost more CPU than the JSON work: a path lookup, a boxed clone of the route's service,
+//! copies of the header map and URI for the extractors, and five type-map insertions per
+//! request (peer address, request context, principal, URL parameters, the handler's
+//! marker). Here the same steps — request id, key check, the dialect's handler, the
+//! `x-request-id` header and the log line — run as plain calls on the request the
+//! connection read. The router keeps every route (it is the whole description of the
+//! API, for the OpenAPI document and for `metrics_app`); a test checks that each
+//! fast-lane path is one of its routes, so the two cannot drift apart.
+
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
+use axum::routing::future::RouteFuture;
+use axum::serve::{IncomingStream, Listener};
+use futures_util::future::BoxFuture;
+use http::Method;
+use tower::Service;
+
+use super::serve::{Dialect, serve};
+use super::{AppState, Caller, HttpRouter, RequestCtx, auth, context};
+
+/// Starts one fast-lane request: the state, the peer, the request and its route's path.
+type Start = fn(Arc<AppState>, SocketAddr, Request, &'static str) -> BoxFuture<'static, Response>;
+
+/// The fast lane's routes (all `POST`): the path as the router knows it, and its dialect.
+const ROUTES: [(&str, Start); 9] = {
+    use super::{llm, messages::Anthropic, openai::OpenAi};
+    [
+        ("/v1/chat/completions", start::<OpenAi>),
+        ("/chat/completions", start::<OpenAi>),
+        ("/v1/messages", start::<Anthropic>),
+        ("/llm/chat", start::<llm::Chat>),
+        ("/v1/llm/chat", start::<llm::Chat>),
+        ("/llm/stream", start::<llm::Stream>),
+        ("/v1/llm/stream", start::<llm::Stream>),
+        ("/llm/completions", start::<llm::Completions>),
+        ("/v1/llm/completions", start::<llm::Completions>),
+    ]
+};
+
+fn route(path: &str) -> Option<(&'static str, Start)> {
+    ROUTES.into_iter().find(|(p, _)| *p == path)
+}
+
+fn start<D: Dialect>(
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    req: Request,
+    path: &'static str,
+) -> BoxFuture<'static, Response> {
+    Box::pin(answer::<D>(state, peer, req, path))
+}
+
+/// What the request-context layer, the key layer and the handler do on the router's
+/// path, in the same order and with the same results.
+async fn answer<D: Dialect>(
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    req: Request,
+    path: &'static str,
+) -> Response {
+    let ctx = RequestCtx::new(req.headers());
+    let (parts, body) = req.into_parts();
+    let mut resp = match state.keys.identify(auth::presented_keys(&parts.headers)) {
+        Ok(principal) => {
+            let caller = Caller {
+                principal,
+                peer: Some(peer),
+            };
+            serve::<D>(state, ctx.clone(), caller, parts.headers, parts.uri, body).await
+        }
+        Err(failure) => auth::refusal(failure, &ctx),
+    };
+    context::finish(&ctx, &Method::POST, path, &mut resp);
+    resp
+}
+
+/// The API port's service: makes each connection's [`FastLane`], which knows its peer.
+#[derive(Clone)]
+pub struct Api {
+    state: Arc<AppState>,
+    router: HttpRouter,
+}
+
+impl Api {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self {
+            router: super::app(state.clone()),
+            state,
+        }
+    }
+}
+
+impl<L> Service<IncomingStream<'_, L>> for Api
+where
+    L: Listener<Addr = SocketAddr>,
+{
+    type Response = FastLane;
+    type Error = Infallible;
+    type Future = Ready<Result<FastLane, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, conn: IncomingStream<'_, L>) -> Self::Future {
+        ready(Ok(FastLane {
+            state: self.state.clone(),
+            router: self.router.clone(),
+            peer: *conn.remote_addr(),
+        }))
+    }
+}
+
+/// One connection's service: the fast lane's routes directly, the rest through the router.
+#[derive(Clone)]
+pub struct FastLane {
+    state: Arc<AppState>,
+    router: HttpRouter,
+    peer: SocketAddr,
+}
+
+impl Service<Request> for FastLane {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = LaneFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<Request>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        if req.method() == Method::POST {
+            if let Some((path, start)) = route(req.uri().path()) {
+                return LaneFuture::Fast {
+                    fut: start(self.state.clone(), self.peer, req, path),
+                };
+            }
+        }
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        LaneFuture::Routed {
+            fut: self.router.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = LaneProj]
+    pub enum LaneFuture {
+        Fast { fut: BoxFuture<'static, Response> },
+        Routed { #[pin] fut: RouteFuture<Infallible> },
+    }
+}
+
+impl std::future::Future for LaneFuture {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            LaneProj::Fast { fut } => fut.as_mut().poll(cx).map(Ok),
+            LaneProj::Routed { fut } => fut.poll(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every fast-lane path is a `POST` route of the router (so the OpenAPI document, the
+    /// router and the fast lane agree), and nothing else is taken off the router.
+    #[test]
+    fn fast_lane_paths_are_router_routes() {
+        let src = include_str!("mod.rs");
+        for (path, _) in ROUTES {
+            assert!(route(path).is_some(), "{path} not found in the fast lane");
+            assert!(
+                src.contains(&format!(".route(\"{path}\", post(")),
+                "{path} is in the fast lane but not a POST route of the router"
+            );
+        }
+        for other in [
+            "/v1/messages/count_tokens",
+            "/v1/models",
+            "/health",
+            "/v1/chat/completions/",
+            "/V1/chat/completions",
+        ] {
+            assert!(route(other).is_none(), "{other} must go through the router");
+        }
+    }
+}

@@ -112,7 +112,7 @@ impl AppState {
             provider_names: router
                 .providers()
                 .iter()
-                .map(|p| (p.name.clone(), p.kind.as_str()))
+                .map(|p| (p.name.to_string(), p.kind.as_str()))
                 .collect(),
             router,
             keys: KeyRing::new(&settings.auth),

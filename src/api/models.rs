@@ -31,7 +31,7 @@ pub async fn openai_models(state: AppStateRef, caller: Caller) -> Json<serde_jso
             owned_by: r
                 .deployments
                 .first()
-                .map_or("llm-proxy", |d| d.provider.name.as_str()),
+                .map_or("llm-proxy", |d| &*d.provider.name),
         })
         .collect();
     data.extend(discovered.iter().map(|(id, provider)| OpenAiModel {

@@ -35,10 +35,7 @@ pub(crate) struct Exchange<'a> {
 impl Exchange<'_> {
     /// The provider that served (or failed last).
     pub fn provider(&self) -> Option<&str> {
-        self.outcome
-            .deployment
-            .as_ref()
-            .map(|d| d.provider.name.as_str())
+        self.outcome.deployment.as_ref().map(|d| &*d.provider.name)
     }
 }
 
@@ -197,10 +194,10 @@ pub(crate) async fn serve<D: Dialect>(
         log.tracer = state.tracer.clone();
         log.trace = Some(trace.clone());
     }
-    log.trace_id = Some(trace.trace_id);
+    log.trace_id = Some(trace.trace_id.into());
     drop(bytes);
     if let Principal::Key(k) = &caller.principal {
-        log.key = Some(k.name.to_string());
+        log.key = Some(k.name.clone());
         if k.log_content {
             log.content = Some(crate::telemetry::ContentLog::new(
                 serde_json::to_string(&req.messages).unwrap_or_default(),
@@ -326,15 +323,14 @@ pub(crate) async fn serve<D: Dialect>(
                     started: log.started,
                 };
                 let body = D::body(resp, &opts, &x);
-                let mut out = (
-                    StatusCode::OK,
-                    [(http::header::CONTENT_TYPE, "application/json")],
-                    body,
-                )
-                    .into_response();
-                // Room for every header added below and the request id, in one allocation
-                // instead of the map growing (and rehashing) twice on the way.
-                out.headers_mut().reserve(12);
+                let mut out = Response::new(Body::from(body));
+                // Room for every header added below and the request id, in one allocation:
+                // a map that grows (or is reserved into) rehashes on the way.
+                *out.headers_mut() = HeaderMap::with_capacity(REPLY_HEADERS);
+                out.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
                 if let Some(v) = overhead(&log, &state.metrics) {
                     out.headers_mut().insert(OVERHEAD_HEADER, v);
                 }
@@ -351,6 +347,10 @@ pub(crate) async fn serve<D: Dialect>(
         }
     }
 }
+
+/// Headers a reply carries at most: content type, overhead, model, deployment, attempts,
+/// six rate-limit headers and the request id.
+const REPLY_HEADERS: usize = 12;
 
 const OVERHEAD_HEADER: HeaderName = HeaderName::from_static("x-llm-proxy-overhead-ms");
 

@@ -26,22 +26,33 @@ use serde::Serialize;
 use crate::secret::Secret;
 
 /// One request, as the ledger keeps it.
+///
+/// Its text is shared, not copied: the names are the configuration's and the request's own
+/// (`Arc<str>`), the closed sets are `&'static str`. A record is built on every request and
+/// cloned once (for the recent-requests ring), so copies here were eight allocations and
+/// frees per request on the request path.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UsageRecord {
     /// Unix time in milliseconds when the request ended.
     pub at_ms: i64,
-    pub request_id: String,
-    pub trace_id: Option<String>,
+    #[schema(value_type = String)]
+    pub request_id: Arc<str>,
+    #[schema(value_type = Option<String>)]
+    pub trace_id: Option<Arc<str>>,
     /// The virtual key's name (never the key); none for the master key.
-    pub key: Option<String>,
-    pub endpoint: String,
-    pub model: Option<String>,
-    pub provider: Option<String>,
-    pub deployment: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub key: Option<Arc<str>>,
+    pub endpoint: &'static str,
+    #[schema(value_type = Option<String>)]
+    pub model: Option<Arc<str>>,
+    #[schema(value_type = Option<String>)]
+    pub provider: Option<Arc<str>>,
+    #[schema(value_type = Option<String>)]
+    pub deployment: Option<Arc<str>>,
     pub status: u16,
     /// `ok`, `error`, `stream_error`, `client_closed`, `shutdown`.
-    pub result: String,
-    pub error_code: Option<String>,
+    pub result: &'static str,
+    pub error_code: Option<&'static str>,
     pub stream: bool,
     pub attempts: u32,
     pub tokens_in: Option<u64>,
@@ -53,7 +64,7 @@ pub struct UsageRecord {
     pub ttft_ms: Option<f64>,
     /// Stream history: chunks forwarded and the finish reason.
     pub chunks: u64,
-    pub finish_reason: Option<String>,
+    pub finish_reason: Option<&'static str>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -31,7 +31,7 @@ impl Discovered {
     ) -> Option<&'a Arc<ProviderEntry>> {
         let map = self.by_provider.read().ok()?;
         providers.iter().find(|p| {
-            map.get(&p.name)
+            map.get(&*p.name)
                 .is_some_and(|ids| ids.iter().any(|id| id == model))
         })
     }
@@ -43,10 +43,10 @@ impl Discovered {
         };
         providers
             .iter()
-            .filter_map(|p| map.get(&p.name).map(|ids| (p, ids.clone())))
+            .filter_map(|p| map.get(&*p.name).map(|ids| (p, ids.clone())))
             .flat_map(|(p, ids)| {
                 ids.iter()
-                    .map(|id| (id.clone(), p.name.clone()))
+                    .map(|id| (id.clone(), p.name.to_string()))
                     .collect::<Vec<_>>()
             })
             .collect()

@@ -32,7 +32,7 @@ impl DeploymentReport {
         Self {
             model: d.model.to_string(),
             deployment: d.id.to_string(),
-            provider: d.provider.name.clone(),
+            provider: d.provider.name.to_string(),
             state: health.as_str(),
             cooldown_remaining_s: left.map(|l| (l.as_secs_f64() * 10.0).ceil() / 10.0),
             in_flight: d.state.in_flight(),
@@ -60,7 +60,7 @@ pub fn spawn_checks(
     let mut by_provider: HashMap<String, Vec<Deployment>> = HashMap::new();
     for d in deployments {
         by_provider
-            .entry(d.provider.name.clone())
+            .entry(d.provider.name.to_string())
             .or_default()
             .push(d);
     }
@@ -69,7 +69,7 @@ pub fn spawn_checks(
     let checks: Vec<Check> = providers
         .iter()
         .filter_map(|p| {
-            let deps = by_provider.remove(&p.name)?;
+            let deps = by_provider.remove(&*p.name)?;
             Some((
                 Arc::downgrade(p),
                 deps.iter().map(|d| Arc::downgrade(&d.state)).collect(),

@@ -40,7 +40,7 @@ use deployment::{DeploymentState, InFlight};
 /// A configured provider instance.
 #[derive(Debug)]
 pub struct ProviderEntry {
-    pub name: String,
+    pub name: Arc<str>,
     pub kind: ProviderKind,
     pub provider: Provider,
     /// List (and route) the models the provider reports.
@@ -153,13 +153,13 @@ impl Router {
                 .collect();
             let provider = build(p, &client, mock_models)?;
             providers.push(Arc::new(ProviderEntry {
-                name: p.name.clone(),
+                name: p.name.as_str().into(),
                 kind: p.kind,
                 provider,
                 discover: p.discover_models,
             }));
         }
-        let find = |name: &str| providers.iter().find(|p| p.name == name).cloned();
+        let find = |name: &str| providers.iter().find(|p| *p.name == *name).cloned();
         let mut grouped: HashMap<String, Vec<Deployment>> = HashMap::new();
         let mut order = Vec::new();
         for m in &settings.models {

@@ -52,9 +52,9 @@ pub struct RequestLog {
     pub endpoint: &'static str,
     pub model: Option<Arc<str>>,
     /// The virtual key's name (never the key).
-    pub key: Option<String>,
+    pub key: Option<Arc<str>>,
     /// The W3C trace id (the caller's, or a new one).
-    pub trace_id: Option<String>,
+    pub trace_id: Option<Arc<str>>,
     /// The client's address (after trusted proxies).
     pub client_ip: Option<std::net::IpAddr>,
     pub stream: bool,
@@ -202,7 +202,7 @@ impl RequestLog {
             m.request(
                 self.endpoint,
                 self.model.as_deref(),
-                dep.map(|d| d.provider.name.as_str()),
+                dep.map(|d| &*d.provider.name),
                 self.status,
                 latency,
                 self.stats.ttft,
@@ -212,11 +212,7 @@ impl RequestLog {
                 m.rate_limited(scope);
             }
             if let Some(c) = cost {
-                m.cost(
-                    self.model.as_deref(),
-                    dep.map(|d| d.provider.name.as_str()),
-                    c,
-                );
+                m.cost(self.model.as_deref(), dep.map(|d| &*d.provider.name), c);
             }
         }
         let usage = self.stats.usage;
@@ -229,16 +225,16 @@ impl RequestLog {
             }
             sink.ledger.record(crate::ledger::UsageRecord {
                 at_ms: crate::ledger::now_ms(),
-                request_id: self.request_id.to_string(),
+                request_id: self.request_id.clone(),
                 trace_id: self.trace_id.clone(),
                 key: self.key.clone(),
-                endpoint: self.endpoint.to_owned(),
-                model: self.model.as_deref().map(str::to_owned),
+                endpoint: self.endpoint,
+                model: self.model.clone(),
                 provider: dep.map(|d| d.provider.name.clone()),
-                deployment: dep.map(|d| d.id.to_string()),
+                deployment: dep.map(|d| d.id.clone()),
                 status: self.status,
-                result: result.to_owned(),
-                error_code: error_code.map(str::to_owned),
+                result,
+                error_code,
                 stream: self.stream,
                 attempts: self.outcome.attempts,
                 tokens_in: usage.map(|u| u.prompt_tokens),
@@ -249,7 +245,7 @@ impl RequestLog {
                 latency_ms: ms(latency),
                 ttft_ms: self.stats.ttft.map(ms),
                 chunks: self.stats.chunks,
-                finish_reason: self.stats.finish.map(|f| f.as_str().to_owned()),
+                finish_reason: self.stats.finish.map(|f| f.as_str()),
             });
         }
         if let (Some(tracer), Some(tc)) = (&self.tracer, &self.trace) {
@@ -277,7 +273,7 @@ impl RequestLog {
                 client_ip: self.client_ip,
                 upstream_ms: ms(self.outcome.upstream),
                 tokens_reasoning: usage.and_then(|u| u.reasoning_tokens),
-                provider: dep.map(|d| d.provider.name.as_str()),
+                provider: dep.map(|d| &*d.provider.name),
                 deployment: dep.map(|d| &*d.id),
                 attempts: self.outcome.attempts,
                 stream: self.stream,

@@ -183,6 +183,22 @@ async fn post(url: &str, key: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// The ledger as the first release wrote it (schema version 1).
+const SCHEMA_V1: &str = "
+CREATE TABLE llm_proxy_schema_version (version INTEGER NOT NULL);
+INSERT INTO llm_proxy_schema_version (version) VALUES (1);
+CREATE TABLE llm_proxy_requests (
+    id BIGSERIAL PRIMARY KEY, at_ms BIGINT NOT NULL, request_id TEXT NOT NULL, trace_id TEXT,
+    key_name TEXT, endpoint TEXT NOT NULL, model TEXT, provider TEXT, deployment TEXT,
+    status INTEGER NOT NULL, result TEXT NOT NULL, error_code TEXT, stream BOOLEAN NOT NULL,
+    attempts INTEGER NOT NULL, tokens_in BIGINT, tokens_out BIGINT, tokens_cached BIGINT,
+    tokens_reasoning BIGINT, cost_usd DOUBLE PRECISION, latency_ms DOUBLE PRECISION NOT NULL,
+    ttft_ms DOUBLE PRECISION, chunks BIGINT NOT NULL, finish_reason TEXT
+);
+CREATE INDEX llm_proxy_requests_at ON llm_proxy_requests (at_ms);
+CREATE INDEX llm_proxy_requests_key_at ON llm_proxy_requests (key_name, at_ms);
+";
+
 async fn count(url: &str, sql: &str) -> i64 {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -197,6 +213,12 @@ async fn two_replicas_share_one_postgres_ledger_and_its_budgets() {
     let pg = Postgres::start(&bin);
     let db_url = pg.url(PASSWORD);
     let yaml = config(&db_url);
+    // The database holds a ledger of schema version 1, which the replicas migrate.
+    let (v1, conn) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    v1.batch_execute(SCHEMA_V1).await.unwrap();
 
     // Two replicas, one database: a burst of 1000 mixed requests (replies, streams,
     // errors, clients that hang up) goes to both.
@@ -246,6 +268,24 @@ async fn two_replicas_share_one_postgres_ledger_and_its_budgets() {
         .await
         .unwrap();
     tokio::spawn(conn);
+    // Migrated to version 2: the key index holds only requests made with a virtual key.
+    assert_eq!(
+        count(
+            &db_url,
+            "SELECT MAX(version)::BIGINT FROM llm_proxy_schema_version"
+        )
+        .await,
+        2
+    );
+    let index: String = pg_client
+        .query_one(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'llm_proxy_requests_key_at'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(index.contains("WHERE (key_name IS NOT NULL)"), "{index}");
     let ids: std::collections::HashSet<String> = pg_client
         .query("SELECT request_id FROM llm_proxy_requests", &[])
         .await

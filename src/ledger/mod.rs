@@ -29,8 +29,8 @@ use crate::secret::Secret;
 ///
 /// Its text is shared, not copied: the names are the configuration's and the request's own
 /// (`Arc<str>`), the closed sets are `&'static str`. A record is built on every request and
-/// cloned once (for the recent-requests ring), so copies here were eight allocations and
-/// frees per request on the request path.
+/// kept twice (the recent-requests ring and the writer's queue), so copies here were eight
+/// allocations and frees per request on the request path.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UsageRecord {
     /// Unix time in milliseconds when the request ended.
@@ -106,7 +106,7 @@ impl Store {
 
 /// Writes one batch; an error keeps the batch for another try.
 trait BatchWriter {
-    fn write(&mut self, batch: &[UsageRecord]) -> Result<(), String>;
+    fn write(&mut self, batch: &[Arc<UsageRecord>]) -> Result<(), String>;
 }
 
 /// How much the writer gathers before writing (or after how long it writes anyway).
@@ -123,11 +123,11 @@ const RECENT: usize = 1000;
 
 pub struct Ledger {
     store: Store,
-    tx: Mutex<Option<SyncSender<UsageRecord>>>,
+    tx: Mutex<Option<SyncSender<Arc<UsageRecord>>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     dropped: AtomicU64,
     written: Arc<AtomicU64>,
-    recent: Mutex<VecDeque<UsageRecord>>,
+    recent: Mutex<VecDeque<Arc<UsageRecord>>>,
     last_drop_warning: Mutex<Option<Instant>>,
 }
 
@@ -199,6 +199,8 @@ impl Ledger {
 
     /// Queues a record (never blocks). A full queue drops it, counts it and says so.
     pub fn record(&self, r: UsageRecord) {
+        // Shared by the ring and the writer: one allocation, no copy.
+        let r = Arc::new(r);
         if let Ok(mut recent) = self.recent.lock() {
             if recent.len() == RECENT {
                 recent.pop_front();
@@ -250,7 +252,7 @@ impl Ledger {
     }
 
     /// The most recent records, newest first.
-    pub fn recent(&self, limit: usize) -> Vec<UsageRecord> {
+    pub fn recent(&self, limit: usize) -> Vec<Arc<UsageRecord>> {
         self.recent
             .lock()
             .map(|r| r.iter().rev().take(limit).cloned().collect())
@@ -293,9 +295,9 @@ impl Ledger {
 /// to `BATCH`); on a failed write it keeps the batch and tries again shortly, so a busy
 /// or briefly unreachable database loses nothing queued. Once the ledger is closed it
 /// tries a bounded number of times, so a dead database cannot hold the shutdown forever.
-fn writer(mut sink: Box<dyn BatchWriter>, rx: Receiver<UsageRecord>, written: Arc<AtomicU64>) {
+fn writer(mut sink: Box<dyn BatchWriter>, rx: Receiver<Arc<UsageRecord>>, written: Arc<AtomicU64>) {
     const RETRIES_AFTER_CLOSE: u32 = 25;
-    let mut batch: Vec<UsageRecord> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<Arc<UsageRecord>> = Vec::with_capacity(BATCH);
     let mut closed = false;
     let mut failures_after_close = 0;
     while !closed || !batch.is_empty() {

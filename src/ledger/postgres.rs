@@ -4,6 +4,8 @@
 
 use tokio_postgres::NoTls;
 
+use std::sync::Arc;
+
 use super::{BatchWriter, GroupBy, LedgerError, UsageGroup, UsageRecord};
 use crate::secret::Secret;
 
@@ -35,10 +37,21 @@ CREATE TABLE IF NOT EXISTS llm_proxy_requests (
     finish_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS llm_proxy_requests_at ON llm_proxy_requests (at_ms);
-CREATE INDEX IF NOT EXISTS llm_proxy_requests_key_at ON llm_proxy_requests (key_name, at_ms);
+CREATE INDEX IF NOT EXISTS llm_proxy_requests_key_at ON llm_proxy_requests (key_name, at_ms)
+    WHERE key_name IS NOT NULL;
 ";
 
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
+
+/// Version 2: the key index holds only requests made with a virtual key, as in SQLite
+/// (`sqlite.rs`): a null key is never asked for, and requests without one no longer pay
+/// for an index entry.
+const TO_V2: &str = "
+DROP INDEX IF EXISTS llm_proxy_requests_key_at;
+CREATE INDEX llm_proxy_requests_key_at ON llm_proxy_requests (key_name, at_ms)
+    WHERE key_name IS NOT NULL;
+UPDATE llm_proxy_schema_version SET version = 2;
+";
 
 /// What went wrong, in PostgreSQL's words: the driver's own message for a server error is
 /// only "db error", so the reason comes from the source chain.
@@ -131,6 +144,10 @@ async fn migrate_locked(client: &tokio_postgres::Client) -> Result<(), LedgerErr
                 message: format!("written by a newer llm-proxy (schema {v})"),
             });
         }
+        Some(1) => client
+            .batch_execute(&format!("BEGIN; {TO_V2} COMMIT;"))
+            .await
+            .map_err(err)?,
         Some(_) => {}
     }
     Ok(())
@@ -163,7 +180,7 @@ fn opt_i64(v: Option<u64>) -> Option<i64> {
 }
 
 impl BatchWriter for Writer {
-    fn write(&mut self, batch: &[UsageRecord]) -> Result<(), String> {
+    fn write(&mut self, batch: &[Arc<UsageRecord>]) -> Result<(), String> {
         let client = &mut self.client;
         self.rt.block_on(async {
             let tx = client.transaction().await.map_err(|e| describe(&e))?;

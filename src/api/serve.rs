@@ -194,7 +194,7 @@ pub(crate) async fn serve<D: Dialect>(
         log.tracer = state.tracer.clone();
         log.trace = Some(trace.clone());
     }
-    log.trace_id = Some(trace.trace_id.into());
+    log.trace_id = Some(trace.trace_id);
     drop(bytes);
     if let Principal::Key(k) = &caller.principal {
         log.key = Some(k.name.clone());

@@ -379,8 +379,8 @@ impl RequestLog {
         let attempts = self.outcome.attempt_log.as_deref().unwrap_or_default();
         let mut spans = Vec::with_capacity(1 + attempts.len());
         spans.push(Span {
-            trace_id: tc.trace_id.clone(),
-            span_id: tc.span_id.clone(),
+            trace_id: tc.trace_id.to_string(),
+            span_id: tc.span_id.as_str().to_owned(),
             parent_span_id: tc.parent_span_id.clone(),
             name: format!("{operation} {model}"),
             kind: SpanKind::Server,
@@ -407,9 +407,9 @@ impl RequestLog {
             }
             let begun = wall(a.started);
             spans.push(Span {
-                trace_id: tc.trace_id.clone(),
+                trace_id: tc.trace_id.to_string(),
                 span_id: crate::ids::nonzero_hex(8),
-                parent_span_id: Some(tc.span_id.clone()),
+                parent_span_id: Some(tc.span_id.as_str().to_owned()),
                 name: format!("{operation} {}", d.upstream_model),
                 kind: SpanKind::Client,
                 start: begun,

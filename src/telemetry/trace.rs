@@ -2,13 +2,17 @@
 //! id) and forwarded to the upstream, so a request can be followed from the calling
 //! service through the proxy to the provider; without one, a new trace starts here.
 
+use std::sync::Arc;
+
+use crate::ids::SpanId;
+
 /// This request's place in a trace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceContext {
-    /// 32 lowercase hex digits, never all zeros.
-    pub trace_id: String,
-    /// Our span: 16 lowercase hex digits (the parent of what goes upstream).
-    pub span_id: String,
+    /// 32 lowercase hex digits, never all zeros; shared with the request's log and record.
+    pub trace_id: Arc<str>,
+    /// Our span (the parent of what goes upstream).
+    pub span_id: SpanId,
     /// The caller's span, when it sent a valid `traceparent`.
     pub parent_span_id: Option<String>,
     pub sampled: bool,
@@ -26,12 +30,15 @@ impl TraceContext {
             .and_then(|v| v.to_str().ok())
             .and_then(parse);
         let (trace_id, parent_span_id, sampled) = match parent {
-            Some((t, p, s)) => (t, Some(p), s),
-            None => (crate::ids::nonzero_hex(16), None, true),
+            Some((t, p, s)) => (Arc::from(t), Some(p.to_owned()), s),
+            None => {
+                let digits = crate::ids::nonzero_hex_digits::<32>();
+                (Arc::from(&*String::from_utf8_lossy(&digits)), None, true)
+            }
         };
         Self {
             trace_id,
-            span_id: crate::ids::nonzero_hex(8),
+            span_id: SpanId::random(),
             parent_span_id,
             sampled,
         }
@@ -39,18 +46,19 @@ impl TraceContext {
 
     /// The `traceparent` the upstream gets: the same trace, our span as its parent.
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{}",
-            self.trace_id,
-            self.span_id,
-            if self.sampled { "01" } else { "00" }
-        )
+        let mut tp = String::with_capacity(55);
+        tp.push_str("00-");
+        tp.push_str(&self.trace_id);
+        tp.push('-');
+        tp.push_str(self.span_id.as_str());
+        tp.push_str(if self.sampled { "-01" } else { "-00" });
+        tp
     }
 }
 
 /// `00-<trace-id>-<parent-id>-<flags>` (version 00; later versions are read as 00, as the
 /// spec asks); invalid or all-zero ids are refused.
-fn parse(v: &str) -> Option<(String, String, bool)> {
+fn parse(v: &str) -> Option<(&str, &str, bool)> {
     let mut parts = v.trim().split('-');
     let version = parts.next()?;
     let trace = parts.next()?;
@@ -66,7 +74,7 @@ fn parse(v: &str) -> Option<(String, String, bool)> {
         return None;
     }
     let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
-    Some((trace.to_owned(), parent.to_owned(), sampled))
+    Some((trace, parent, sampled))
 }
 
 #[cfg(test)]
@@ -83,12 +91,18 @@ mod tests {
                 .unwrap(),
         );
         let t = TraceContext::from_headers(&h);
-        assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(&*t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(t.sampled);
-        assert_ne!(t.span_id, "00f067aa0ba902b7");
+        assert_ne!(t.span_id.as_str(), "00f067aa0ba902b7");
         assert_eq!(t.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
         let tp = t.traceparent();
-        assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && tp.ends_with("-01"));
+        assert_eq!(
+            tp,
+            format!(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
+                t.span_id.as_str()
+            )
+        );
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
@@ -99,6 +113,7 @@ mod tests {
             assert_eq!(parse(bad), None, "{bad}");
         }
         let fresh = TraceContext::from_headers(&http::HeaderMap::new());
-        assert!(is_hex(&fresh.trace_id, 32) && is_hex(&fresh.span_id, 16));
+        assert!(is_hex(&fresh.trace_id, 32) && is_hex(fresh.span_id.as_str(), 16));
+        assert!(parse(&fresh.traceparent()).is_some());
     }
 }

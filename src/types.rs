@@ -53,6 +53,12 @@ pub struct ChatRequest {
     /// The W3C `traceparent` upstreams get (the caller's trace, continued by the proxy).
     #[serde(skip)]
     pub traceparent: Option<String>,
+    /// The client gets an OpenAI upstream's reply verbatim and nothing reads its message
+    /// (an OpenAI-dialect client, no content logging): an OpenAI upstream's reply is then
+    /// read only for usage and finish reason, and the response's `message`, `id` and
+    /// `model` stay empty. Other upstreams' replies are decoded whole, as ever.
+    #[serde(skip)]
+    pub openai_reply_verbatim: bool,
 }
 
 impl ChatRequest {

@@ -22,6 +22,7 @@ pub(crate) struct OpenAiStream {
 
 impl Dialect for OpenAi {
     const ENDPOINT: &'static str = "chat_completions";
+    const OPENAI_REPLY_VERBATIM: bool = true;
     type Options = ();
     type Stream = OpenAiStream;
 

@@ -50,6 +50,9 @@ pub(crate) struct StreamSummary {
 pub(crate) trait Dialect: Send + Sync + 'static {
     /// The endpoint name logs use.
     const ENDPOINT: &'static str;
+    /// Whether [`Dialect::body`] passes an OpenAI upstream's reply on verbatim (so the
+    /// proxy need not decode its message).
+    const OPENAI_REPLY_VERBATIM: bool = false;
     /// What the client chose besides the request body (e.g. a stream format from `Accept`).
     type Options: Send + 'static;
     /// Per-stream encoder state.
@@ -234,6 +237,7 @@ pub(crate) async fn serve<D: Dialect>(
             }
         }
     }
+    req.openai_reply_verbatim = D::OPENAI_REPLY_VERBATIM && log.content.is_none();
     let route = match state.router.resolve(&req.model) {
         Ok(r) => r,
         Err(e) => return fail::<D>(log, e, &ctx),

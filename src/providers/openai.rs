@@ -13,7 +13,7 @@ use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::secret::Secret;
 use crate::types::{ChatEvent, ChatRequest, ChatResponse, Raw, StreamChunk};
-use crate::wire::openai::{DecodedChunk, StreamDecoder, decode_response};
+use crate::wire::openai::{DecodedChunk, StreamDecoder, decode_response, decode_response_summary};
 use crate::wire::sse::SseEvent;
 
 /// The `api-version` used for classic Azure deployment URLs when the config gives none: the
@@ -218,7 +218,12 @@ impl ChatProvider for OpenAiProvider {
         let body = encode_request(req, model, false)?;
         let resp = self.send(req, model, body, false).await?;
         let bytes = read_ok_body(resp, self.api_key.as_ref()).await?;
-        decode_response(bytes).map_err(|e| UpstreamError::Malformed(e.to_string()))
+        let decoded = if req.openai_reply_verbatim {
+            decode_response_summary(bytes)
+        } else {
+            decode_response(bytes)
+        };
+        decoded.map_err(|e| UpstreamError::Malformed(e.to_string()))
     }
 
     async fn chat_stream(

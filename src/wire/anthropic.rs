@@ -889,6 +889,7 @@ pub fn decode_request(r: MessagesRequest) -> ChatRequest {
         extra,
         anthropic_raw: None,
         traceparent: None,
+        openai_reply_verbatim: false,
     }
 }
 

@@ -120,6 +120,43 @@ pub fn decode_response(body: Bytes) -> Result<ChatResponse, serde_json::Error> {
     })
 }
 
+/// What the proxy itself takes from a reply it passes on verbatim: usage and the finish
+/// reason. The rest is checked to be JSON and skipped, not decoded into strings.
+#[derive(Deserialize)]
+struct WireSummary<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<SummaryChoice<'a>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct SummaryChoice<'a> {
+    #[serde(default, borrow)]
+    finish_reason: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// A reply for a client that gets it verbatim (see `ChatRequest::openai_reply_verbatim`):
+/// usage, finish reason and the body; `message`, `id` and `model` are left empty.
+pub fn decode_response_summary(body: Bytes) -> Result<ChatResponse, serde_json::Error> {
+    let wire: WireSummary = serde_json::from_slice(&body)?;
+    let finish_reason = wire
+        .choices
+        .first()
+        .and_then(|c| c.finish_reason.as_deref())
+        .map(FinishReason::from_openai);
+    let usage = wire.usage.map(Usage::from);
+    Ok(ChatResponse {
+        id: String::new(),
+        model: String::new(),
+        created: 0,
+        message: AssistantMessage::default(),
+        finish_reason,
+        usage,
+        raw: Raw::OpenAi(body),
+    })
+}
+
 #[derive(Deserialize)]
 struct WireChunk<'a> {
     #[serde(default, borrow)]
@@ -604,6 +641,34 @@ impl ChunkEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The summary a verbatim reply gets has the usage and finish reason the full decode
+    /// finds, keeps the body byte for byte, and refuses what the full decode refuses as
+    /// JSON.
+    #[test]
+    fn summary_agrees_with_the_full_decode() {
+        let body = include_str!("../../tests/fixtures/openai/response_tool_calls.json");
+        let full = decode_response(Bytes::from_static(body.as_bytes())).unwrap();
+        let summary = decode_response_summary(Bytes::from_static(body.as_bytes())).unwrap();
+        assert!(full.usage.is_some() && full.finish_reason.is_some());
+        assert_eq!(summary.usage, full.usage);
+        assert_eq!(summary.finish_reason, full.finish_reason);
+        assert!(matches!(&summary.raw, Raw::OpenAi(b) if b == body.as_bytes()));
+        let text = br#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"hi \"there\""},"finish_reason":"length"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5,"prompt_tokens_details":{"cached_tokens":1}}}"#;
+        let full = decode_response(Bytes::from_static(text)).unwrap();
+        let summary = decode_response_summary(Bytes::from_static(text)).unwrap();
+        assert_eq!(summary.usage, full.usage);
+        assert_eq!(summary.finish_reason, Some(FinishReason::Length));
+        for bad in [
+            &b"{"[..],
+            b"[1,2]",
+            b"{\"choices\": 3}",
+            b"{\"usage\": \"many\"}",
+        ] {
+            assert!(decode_response(Bytes::from_static(bad)).is_err());
+            assert!(decode_response_summary(Bytes::from_static(bad)).is_err());
+        }
+    }
 
     #[test]
     fn decodes_text_tool_and_usage_chunks() {

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod ids;
 pub mod keys;

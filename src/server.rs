@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -193,27 +192,19 @@ pub async fn serve(
         }
         None => None,
     };
-    // TCP_NODELAY on every client connection: a stream writes many small SSE frames, and
-    // with Nagle's algorithm each could wait up to 40 ms for the client's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("could not set TCP_NODELAY: {e}");
-        }
-    });
-    axum::serve(listener, api)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!(
-                grace_s = grace.as_secs_f64(),
-                "shutting down: no new connections; requests in flight may finish"
-            );
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                tracing::warn!("grace period over: ending requests still in flight");
-                closing.fire();
-            });
-        })
-        .await?;
+    crate::connections::serve(listener, api, async move {
+        shutdown.await;
+        tracing::info!(
+            grace_s = grace.as_secs_f64(),
+            "shutting down: no new connections; requests in flight may finish"
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            tracing::warn!("grace period over: ending requests still in flight");
+            closing.fire();
+        });
+    })
+    .await;
     // Every request has ended (and written its record): flush the ledger.
     if let Some(l) = ledger {
         let _ = tokio::task::spawn_blocking(move || l.close()).await;

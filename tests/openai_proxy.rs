@@ -443,3 +443,60 @@ async fn trace_context_is_continued_and_forwarded_upstream() {
         "{fresh}"
     );
 }
+
+/// Clients that speak HTTP/2 with prior knowledge (h2c, as load balancers may) are served
+/// over HTTP/2: a reply, a stream and the routes off the fast lane. HTTP/1.1 clients on
+/// the same port are unaffected, including one that sends its request a byte at a time.
+#[tokio::test]
+async fn http2_prior_knowledge_and_http1_share_the_port() {
+    let up = fake_upstream().await;
+    let px = proxy(&upstream_config(&up, "")).await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2
+        .post(format!("{}/v1/chat/completions", px.url()))
+        .json(&chat_body("chat", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("x-request-id"));
+    assert_eq!(resp.json::<Value>().await.unwrap(), completion_body());
+    let resp = h2
+        .post(format!("{}/v1/chat/completions", px.url()))
+        .json(&chat_body("chat", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let events = sse_events(resp).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let health = h2.get(format!("{}/health", px.url())).send().await.unwrap();
+    assert_eq!(health.version(), reqwest::Version::HTTP_2);
+    assert_eq!(health.status(), 200);
+
+    // HTTP/1.1, its request trickling in one byte at a time: "P" could still be the
+    // HTTP/2 preface, "PO" no longer is.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = px.url().trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let body = chat_body("chat", false).to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    for b in request.as_bytes() {
+        tcp.write_all(&[*b]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}

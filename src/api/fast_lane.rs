@@ -12,19 +12,19 @@
 //! fast-lane path is one of its routes, so the two cannot drift apart.
 
 use std::convert::Infallible;
-use std::future::{Ready, ready};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
-use axum::routing::future::RouteFuture;
-use axum::serve::{IncomingStream, Listener};
 use futures_util::future::BoxFuture;
 use http::Method;
-use tower::Service;
+use hyper::body::Incoming;
+use tower::ServiceExt;
+use tower::util::Oneshot;
 
 use super::serve::{Dialect, serve};
 use super::{AppState, Caller, HttpRouter, RequestCtx, auth, context};
@@ -85,7 +85,7 @@ async fn answer<D: Dialect>(
     resp
 }
 
-/// The API port's service: makes each connection's [`FastLane`], which knows its peer.
+/// The API port's service: the state, and the router for everything off the fast lane.
 #[derive(Clone)]
 pub struct Api {
     state: Arc<AppState>,
@@ -99,26 +99,14 @@ impl Api {
             state,
         }
     }
-}
 
-impl<L> Service<IncomingStream<'_, L>> for Api
-where
-    L: Listener<Addr = SocketAddr>,
-{
-    type Response = FastLane;
-    type Error = Infallible;
-    type Future = Ready<Result<FastLane, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, conn: IncomingStream<'_, L>) -> Self::Future {
-        ready(Ok(FastLane {
+    /// The service for one connection from `peer`.
+    pub fn lane(&self, peer: SocketAddr) -> FastLane {
+        FastLane {
             state: self.state.clone(),
             router: self.router.clone(),
-            peer: *conn.remote_addr(),
-        }))
+            peer,
+        }
     }
 }
 
@@ -130,26 +118,23 @@ pub struct FastLane {
     peer: SocketAddr,
 }
 
-impl Service<Request> for FastLane {
+impl hyper::service::Service<http::Request<Incoming>> for FastLane {
     type Response = Response;
     type Error = Infallible;
     type Future = LaneFuture;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Service::<Request>::poll_ready(&mut self.router, cx)
-    }
-
-    fn call(&mut self, mut req: Request) -> Self::Future {
+    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
         if req.method() == Method::POST {
             if let Some((path, start)) = route(req.uri().path()) {
                 return LaneFuture::Fast {
-                    fut: start(self.state.clone(), self.peer, req, path),
+                    fut: start(self.state.clone(), self.peer, req.map(Body::new), path),
                 };
             }
         }
+        let mut req = req.map(Body::new);
         req.extensions_mut().insert(ConnectInfo(self.peer));
         LaneFuture::Routed {
-            fut: self.router.call(req),
+            fut: self.router.clone().oneshot(req),
         }
     }
 }
@@ -158,7 +143,7 @@ pin_project_lite::pin_project! {
     #[project = LaneProj]
     pub enum LaneFuture {
         Fast { fut: BoxFuture<'static, Response> },
-        Routed { #[pin] fut: RouteFuture<Infallible> },
+        Routed { #[pin] fut: Oneshot<HttpRouter, Request> },
     }
 }
 

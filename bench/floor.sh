@@ -3,6 +3,8 @@
 # the same non-streaming load, alternating, through
 #   - examples/bare_forwarder: hyper's server and pooled client on tokio, forwarding
 #     bytes, nothing else;
+#   - the same with --inline: upstream HTTP/1 connections driven in the request's own
+#     task instead of by hyper_util's pooled client (what that design would save);
 #   - llm-proxy with its optional features off: no auth, no rate limit, no request log
 #     (level warn), no ledger; metrics cannot be turned off;
 #   - llm-proxy with auth, one rate-limit rule, request logging, metrics and the SQLite
@@ -86,16 +88,18 @@ cpu_per_request() {
   python3 -c "print('%.1f (%s ok)' % ((($u1 + $s1) - ($u0 + $s0)) / $(getconf CLK_TCK) * 1e6 / $n, '$ok'))"
 }
 
-echo "| round | bare_forwarder µs/req | llm-proxy, features off | llm-proxy, all on |"
-echo "|---:|---:|---:|---:|"
+echo "| round | bare_forwarder µs/req | bare_forwarder --inline | llm-proxy, features off | llm-proxy, all on |"
+echo "|---:|---:|---:|---:|---:|"
 for r in $(seq "$rounds"); do
   p=$(free_port)
   bare=$(cpu_per_request "$p" "$forwarder" "127.0.0.1:$p" "http://$UPSTREAM")
+  p=$(free_port)
+  inline=$(cpu_per_request "$p" "$forwarder" "127.0.0.1:$p" "http://$UPSTREAM" --inline)
   p=$(free_port)
   minimal=$(LLM_PROXY__LOG_LEVEL=warn \
     cpu_per_request "$p" "$proxy" --config minimal.yaml --port "$p")
   p=$(free_port)
   full=$(LLM_PROXY__LOG_LEVEL=info LLM_PROXY__RATE_LIMIT_RPM=100000000 \
     cpu_per_request "$p" "$proxy" --config config.yaml --port "$p")
-  echo "| $r | $bare | $minimal | $full |"
+  echo "| $r | $bare | $inline | $minimal | $full |"
 done

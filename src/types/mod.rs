@@ -8,6 +8,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+mod decode;
+
 /// An Anthropic-dialect client's request as it arrived, for Anthropic upstreams.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnthropicRequest {
@@ -16,8 +18,10 @@ pub struct AnthropicRequest {
     pub beta: Option<String>,
 }
 
-/// A chat request after decoding, before routing.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+/// A chat request after decoding, before routing. (`Deserialize` is hand-written, in
+/// `types/decode.rs`, for speed; the serde attributes here describe the same shape for
+/// serializing and for the OpenAPI schema.)
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ChatRequest {
     #[serde(default)]
     pub model: String,
@@ -111,7 +115,8 @@ pub enum Role {
     Function,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+/// One message of a chat (`Deserialize` is hand-written, in `types/decode.rs`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Message {
     pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -178,7 +183,9 @@ impl Message {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+/// A message's content: text, or parts (`Deserialize` is hand-written, in
+/// `types/decode.rs`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),

@@ -61,6 +61,20 @@ fn once<T, E: de::Error>(slot: &mut Option<T>, name: &'static str, value: T) -> 
     Ok(())
 }
 
+/// Keeps a field the type does not model in `extra`, as JSON.
+fn keep<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    extra: &mut Map<String, Value>,
+    key: Key,
+) -> Result<(), A::Error> {
+    let name = match key {
+        Key::Known(k) => k.to_owned(),
+        Key::Other(k) => k,
+    };
+    extra.insert(name, map.next_value()?);
+    Ok(())
+}
+
 const CHAT_FIELDS: &[&str] = &[
     "model",
     "messages",
@@ -116,13 +130,7 @@ impl<'de> Visitor<'de> for ChatRequestVisitor {
                 Key::Known(k @ "stream_options") => {
                     once(&mut stream_options, k, map.next_value()?)?
                 }
-                // Every name in CHAT_FIELDS has its arm above; this one is never taken.
-                Key::Known(k) => {
-                    extra.insert(k.to_owned(), map.next_value::<Value>()?);
-                }
-                Key::Other(k) => {
-                    extra.insert(k, map.next_value::<Value>()?);
-                }
+                other => keep(&mut map, &mut extra, other)?,
             }
         }
         Ok(ChatRequest {
@@ -184,13 +192,7 @@ impl<'de> Visitor<'de> for MessageVisitor {
                 Key::Known(k @ "thinking_blocks") => {
                     once(&mut thinking_blocks, k, map.next_value()?)?
                 }
-                // Every name in MESSAGE_FIELDS has its arm above; this one is never taken.
-                Key::Known(k) => {
-                    extra.insert(k.to_owned(), map.next_value::<Value>()?);
-                }
-                Key::Other(k) => {
-                    extra.insert(k, map.next_value::<Value>()?);
-                }
+                other => keep(&mut map, &mut extra, other)?,
             }
         }
         Ok(Message {

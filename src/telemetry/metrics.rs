@@ -114,8 +114,6 @@ pub struct Metrics {
     deployment_state: Family<StateLabels, Gauge<i64, AtomicI64>>,
     /// Model names seen (at most `MAX_MODELS`).
     models_seen: Mutex<HashSet<Name>>,
-    /// Other names (providers): the config bounds them.
-    names: Mutex<HashSet<Name>>,
     other: Name,
     none: Name,
 }
@@ -219,7 +217,6 @@ impl Metrics {
             deployment_state,
             cost,
             models_seen: Mutex::new(HashSet::new()),
-            names: Mutex::new(HashSet::new()),
             other: Arc::from("other"),
             none: Arc::from("-"),
         }
@@ -244,30 +241,20 @@ impl Metrics {
         name
     }
 
-    /// A provider's name as a label value (`-` for none).
-    fn name(&self, name: Option<&str>) -> Name {
-        let Some(name) = name else {
-            return self.none.clone();
-        };
-        let Ok(mut names) = self.names.lock() else {
-            return Arc::from(name);
-        };
-        if let Some(n) = names.get(name) {
-            return n.clone();
-        }
-        let n: Name = Arc::from(name);
-        names.insert(n.clone());
-        n
+    /// A provider's name as a label value (`-` for none). Provider names come from the
+    /// configuration, already shared (`Arc<str>`): nothing to intern or bound.
+    fn provider(&self, name: Option<&Name>) -> Name {
+        name.cloned().unwrap_or_else(|| self.none.clone())
     }
 
     /// Adds a request's estimated cost.
-    pub fn cost(&self, model: Option<&str>, provider: Option<&str>, usd: f64) {
+    pub fn cost(&self, model: Option<&str>, provider: Option<&Name>, usd: f64) {
         if !(usd.is_finite() && usd > 0.0) {
             return;
         }
         let labels = ModelLabels {
             model: self.model_label(model),
-            provider: self.name(provider),
+            provider: self.provider(provider),
         };
         self.cost.get_or_create(&labels).inc_by(usd);
     }
@@ -278,14 +265,14 @@ impl Metrics {
         &self,
         endpoint: &'static str,
         model: Option<&str>,
-        provider: Option<&str>,
+        provider: Option<&Name>,
         status: u16,
         latency: Duration,
         ttft: Option<Duration>,
         usage: Option<crate::types::Usage>,
     ) {
         let model = self.model_label(model);
-        let provider = self.name(provider);
+        let provider = self.provider(provider);
         self.requests
             .get_or_create(&RequestLabels {
                 endpoint,
@@ -324,10 +311,10 @@ impl Metrics {
         }
     }
 
-    pub fn overhead(&self, model: &str, provider: &str, d: Duration) {
+    pub fn overhead(&self, model: &str, provider: &Name, d: Duration) {
         let ml = ModelLabels {
             model: self.model_label(Some(model)),
-            provider: self.name(Some(provider)),
+            provider: provider.clone(),
         };
         self.overhead.get_or_create(&ml).observe(d.as_secs_f64());
     }

@@ -202,7 +202,7 @@ impl RequestLog {
             m.request(
                 self.endpoint,
                 self.model.as_deref(),
-                dep.map(|d| &*d.provider.name),
+                dep.map(|d| &d.provider.name),
                 self.status,
                 latency,
                 self.stats.ttft,
@@ -212,7 +212,7 @@ impl RequestLog {
                 m.rate_limited(scope);
             }
             if let Some(c) = cost {
-                m.cost(self.model.as_deref(), dep.map(|d| &*d.provider.name), c);
+                m.cost(self.model.as_deref(), dep.map(|d| &d.provider.name), c);
             }
         }
         let usage = self.stats.usage;

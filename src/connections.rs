@@ -42,11 +42,13 @@ pub async fn serve(listener: TcpListener, api: Api, shutdown: impl Future<Output
         };
         let (tcp, peer) = match accepted {
             Ok(a) => a,
+            // A connection reset or aborted before it was accepted: that one is gone.
+            Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
-                // Out of file descriptors or memory, or a connection reset before it was
-                // accepted: not the listener's end. Wait a little rather than spin.
+                // Out of file descriptors or memory: not the listener's end, but retrying
+                // at once would spin. Wait as axum::serve did.
                 tracing::warn!("accepting a connection failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
@@ -97,13 +99,22 @@ where
     }
 }
 
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
+}
+
 /// Whether the connection opens with the HTTP/2 preface. Peeks, so the bytes stay for
-/// the server that reads them; a closed or silent connection is left to HTTP/1 (which
-/// answers or closes it).
+/// the server that reads them; a connection closed before sending anything is left to
+/// HTTP/1 (which closes it); one that sends nothing waits here as it would in hyper.
 async fn speaks_h2(tcp: &TcpStream) -> bool {
     const PREFACE: &[u8; 4] = b"PRI ";
     let mut buf = [0u8; 4];
     let started = tokio::time::Instant::now();
+    let mut wait = Duration::from_millis(5);
     loop {
         let n = match tcp.peek(&mut buf).await {
             Ok(0) | Err(_) => return false,
@@ -115,10 +126,12 @@ async fn speaks_h2(tcp: &TcpStream) -> bool {
         if n == PREFACE.len() {
             return true;
         }
-        // Part of the preface so far: peeking again would return the same bytes at once.
+        // Part of the preface so far: peeking again would return the same bytes at once,
+        // so wait, longer each time (a dozen wake-ups over DETECT_FOR at most).
         if started.elapsed() > DETECT_FOR {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(1));
     }
 }

@@ -213,7 +213,7 @@ async fn two_replicas_share_one_postgres_ledger_and_its_budgets() {
     let pg = Postgres::start(&bin);
     let db_url = pg.url(PASSWORD);
     let yaml = config(&db_url);
-    // The database holds a ledger of schema version 1, which the replicas migrate.
+    // The database holds a ledger as the first release wrote it, which the replicas migrate.
     let (v1, conn) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -268,24 +268,33 @@ async fn two_replicas_share_one_postgres_ledger_and_its_budgets() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    // Migrated to version 2: the key index holds only requests made with a virtual key.
+    // The key index now holds only requests made with a virtual key; the full one is
+    // gone and the schema version is unchanged (older builds still start on it).
     assert_eq!(
         count(
             &db_url,
             "SELECT MAX(version)::BIGINT FROM llm_proxy_schema_version"
         )
         .await,
-        2
+        1
     );
     let index: String = pg_client
         .query_one(
-            "SELECT indexdef FROM pg_indexes WHERE indexname = 'llm_proxy_requests_key_at'",
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'llm_proxy_requests_key_named'",
             &[],
         )
         .await
         .unwrap()
         .get(0);
     assert!(index.contains("WHERE (key_name IS NOT NULL)"), "{index}");
+    assert_eq!(
+        count(
+            &db_url,
+            "SELECT COUNT(*) FROM pg_indexes WHERE indexname = 'llm_proxy_requests_key_at'"
+        )
+        .await,
+        0
+    );
     let ids: std::collections::HashSet<String> = pg_client
         .query("SELECT request_id FROM llm_proxy_requests", &[])
         .await

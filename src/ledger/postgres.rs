@@ -37,21 +37,20 @@ CREATE TABLE IF NOT EXISTS llm_proxy_requests (
     finish_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS llm_proxy_requests_at ON llm_proxy_requests (at_ms);
-CREATE INDEX IF NOT EXISTS llm_proxy_requests_key_at ON llm_proxy_requests (key_name, at_ms)
-    WHERE key_name IS NOT NULL;
 ";
 
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 1;
 
-/// Version 2: the key index holds only requests made with a virtual key, as in SQLite
-/// (`sqlite.rs`): a null key is never asked for, and requests without one no longer pay
-/// for an index entry.
-const TO_V2: &str = "
-DROP INDEX IF EXISTS llm_proxy_requests_key_at;
-CREATE INDEX llm_proxy_requests_key_at ON llm_proxy_requests (key_name, at_ms)
-    WHERE key_name IS NOT NULL;
-UPDATE llm_proxy_schema_version SET version = 2;
-";
+/// The key index covers only requests made with a virtual key, as in SQLite (see
+/// `sqlite.rs`), under a new name; the full index it replaces is dropped. Each statement
+/// runs on its own, `CONCURRENTLY`: on a large ledger that other replicas are writing,
+/// neither the build nor the drop blocks their inserts or budget reads. (A build from
+/// before it recreates the full index when it starts; no version change, so it still can.)
+const KEY_INDEX: [&str; 2] = [
+    "CREATE INDEX CONCURRENTLY IF NOT EXISTS llm_proxy_requests_key_named \
+     ON llm_proxy_requests (key_name, at_ms) WHERE key_name IS NOT NULL",
+    "DROP INDEX CONCURRENTLY IF EXISTS llm_proxy_requests_key_at",
+];
 
 /// What went wrong, in PostgreSQL's words: the driver's own message for a server error is
 /// only "db error", so the reason comes from the source chain.
@@ -144,11 +143,10 @@ async fn migrate_locked(client: &tokio_postgres::Client) -> Result<(), LedgerErr
                 message: format!("written by a newer llm-proxy (schema {v})"),
             });
         }
-        Some(1) => client
-            .batch_execute(&format!("BEGIN; {TO_V2} COMMIT;"))
-            .await
-            .map_err(err)?,
         Some(_) => {}
+    }
+    for statement in KEY_INDEX {
+        client.batch_execute(statement).await.map_err(err)?;
     }
     Ok(())
 }

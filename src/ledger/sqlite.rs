@@ -35,22 +35,20 @@ CREATE TABLE IF NOT EXISTS requests (
     finish_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_at ON requests (at_ms);
-CREATE INDEX IF NOT EXISTS requests_key_at ON requests (key_name, at_ms)
+CREATE INDEX IF NOT EXISTS requests_key_named ON requests (key_name, at_ms)
     WHERE key_name IS NOT NULL;
+DROP INDEX IF EXISTS requests_key_at;
 ";
 
 /// The schema this build writes; older databases are migrated at start.
-const SCHEMA_VERSION: i64 = 2;
-
-/// Version 2: the key index holds only requests made with a virtual key (budgets ask it
-/// for a key's spend; a null key is never asked for). Requests with the master key or
-/// none no longer pay for an index entry each: about 0.3 µs of the writer's CPU per
-/// request.
-const TO_V2: &str = "
-DROP INDEX IF EXISTS requests_key_at;
-CREATE INDEX requests_key_at ON requests (key_name, at_ms) WHERE key_name IS NOT NULL;
-UPDATE schema_version SET version = 2;
-";
+///
+/// The key index covers only requests made with a virtual key (`requests_key_named`,
+/// `WHERE key_name IS NOT NULL`): budgets are its only reader and never ask for a null
+/// key, so requests with the master key or none pay for no index entry (about 0.3 µs of
+/// the writer's CPU per request). It replaces `requests_key_at`, which indexed every
+/// request, without a version change: a build from before it still reads and writes the
+/// same table (it recreates its own index when it starts; this one drops it again).
+const SCHEMA_VERSION: i64 = 1;
 
 pub(super) fn open(path: &std::path::Path) -> Result<rusqlite::Connection, LedgerError> {
     let err = |e: rusqlite::Error| LedgerError::Open {
@@ -94,9 +92,6 @@ pub(super) fn migrate(
                 ),
             });
         }
-        Some(1) => conn
-            .execute_batch(&format!("BEGIN; {TO_V2} COMMIT;"))
-            .map_err(err)?,
         Some(_) => {}
     }
     Ok(())
@@ -225,22 +220,27 @@ mod tests {
                (2000, 'r2', NULL, 'chat_completions', 200, 'ok', 0, 1, 0.25, 3.0, 0);
     ";
 
-    fn key_index_sql(conn: &rusqlite::Connection) -> String {
+    fn index_sql(conn: &rusqlite::Connection, name: &str) -> Option<String> {
         conn.query_row(
-            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'requests_key_at'",
-            [],
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?1",
+            [name],
             |r| r.get(0),
         )
-        .unwrap()
+        .ok()
     }
 
-    /// A version-1 file is migrated in place: its rows stay, the key index becomes
-    /// partial, and a key's spend is still read through it.
+    fn key_index_sql(conn: &rusqlite::Connection) -> String {
+        index_sql(conn, "requests_key_named").unwrap()
+    }
+
+    /// A file written before the partial key index gets it in place: its rows stay, the
+    /// full index goes, the version does not change (older builds still open it), and a
+    /// key's spend is read through the new index.
     #[test]
-    fn version_1_files_get_the_partial_key_index() {
+    fn older_files_get_the_partial_key_index() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         conn.execute_batch(V1).unwrap();
-        assert!(!key_index_sql(&conn).contains("WHERE"));
+        assert!(index_sql(&conn, "requests_key_at").is_some());
         migrate(&conn, Path::new(":memory:")).unwrap();
         migrate(&conn, Path::new(":memory:")).unwrap(); // a second start changes nothing
         let version: i64 = conn
@@ -260,7 +260,8 @@ mod tests {
                 |r| r.get(3),
             )
             .unwrap();
-        assert!(plan.contains("requests_key_at"), "{plan}");
+        assert!(plan.contains("requests_key_named"), "{plan}");
+        assert_eq!(index_sql(&conn, "requests_key_at"), None);
     }
 
     /// A new file starts at the current version with the partial index.

@@ -138,6 +138,11 @@ struct SummaryChoice<'a> {
 
 /// A reply for a client that gets it verbatim (see `ChatRequest::openai_reply_verbatim`):
 /// usage, finish reason and the body; `message`, `id` and `model` are left empty.
+///
+/// It checks what the proxy reads (the body is JSON, `choices` and `usage` have their
+/// shapes) and not the fields it passes on unread: the client gets what the upstream
+/// sent, as through any pass-through proxy. The full decode, which translating dialects
+/// and content logging use, still refuses e.g. a null `id` as a provider error.
 pub fn decode_response_summary(body: Bytes) -> Result<ChatResponse, serde_json::Error> {
     let wire: WireSummary = serde_json::from_slice(&body)?;
     let finish_reason = wire
@@ -659,6 +664,11 @@ mod tests {
         let summary = decode_response_summary(Bytes::from_static(text)).unwrap();
         assert_eq!(summary.usage, full.usage);
         assert_eq!(summary.finish_reason, Some(FinishReason::Length));
+        // Fields passed on unread are not checked (see decode_response_summary).
+        let odd = br#"{"id":null,"created":1.5,"choices":[{"message":{"content":7},"finish_reason":"stop"}]}"#;
+        assert!(decode_response(Bytes::from_static(odd)).is_err());
+        let summary = decode_response_summary(Bytes::from_static(odd)).unwrap();
+        assert_eq!(summary.finish_reason, Some(FinishReason::Stop));
         for bad in [
             &b"{"[..],
             b"[1,2]",

@@ -13,22 +13,9 @@ pub fn uuid_v4() -> Uuid {
     uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid()
 }
 
-/// `bytes` random bytes as lowercase hex, never all zeros (W3C trace context forbids an
-/// all-zero trace or span id). `bytes` is at most 16.
-pub fn nonzero_hex(bytes: usize) -> String {
-    match bytes.clamp(1, 16) {
-        8 => SpanId::random().as_str().to_owned(),
-        16 => String::from_utf8_lossy(&nonzero_hex_digits::<32>()).into_owned(),
-        n => {
-            let value = (fastrand::u128(..) >> (8 * (16 - n))).max(1);
-            format!("{value:0width$x}", width = n * 2)
-        }
-    }
-}
-
-/// `N` random lowercase hex digits (`N` ≤ 32), never all zeros, on the stack: a trace id
-/// and a span id are made on every request, and `format!` of a `u128` was a measurable
-/// part of that.
+/// `N` random lowercase hex digits (`N` ≤ 32), never all zeros (W3C trace context forbids
+/// an all-zero trace or span id), on the stack: a trace id and a span id are made on every
+/// request, and `format!` of a `u128` was a measurable part of that.
 pub fn nonzero_hex_digits<const N: usize>() -> [u8; N] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = 4 * N.min(32) as u32;
@@ -71,6 +58,11 @@ mod tests {
 
     #[test]
     fn hex_ids_have_their_width_and_differ() {
+        // The two ids the proxy makes: span ids (8 bytes) and trace ids (16).
+        let nonzero_hex = |n: usize| match n {
+            8 => SpanId::random().as_str().to_owned(),
+            _ => String::from_utf8(nonzero_hex_digits::<32>().to_vec()).unwrap(),
+        };
         for n in [8, 16] {
             let a = nonzero_hex(n);
             let b = nonzero_hex(n);

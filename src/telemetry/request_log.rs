@@ -408,7 +408,7 @@ impl RequestLog {
             let begun = wall(a.started);
             spans.push(Span {
                 trace_id: tc.trace_id.to_string(),
-                span_id: crate::ids::nonzero_hex(8),
+                span_id: crate::ids::SpanId::random().as_str().to_owned(),
                 parent_span_id: Some(tc.span_id.as_str().to_owned()),
                 name: format!("{operation} {}", d.upstream_model),
                 kind: SpanKind::Client,

@@ -50,9 +50,10 @@ impl AnthropicProvider {
     }
 
     fn request<'c>(&self, rb: RequestBuilder<'c>) -> RequestBuilder<'c> {
-        let mut rb = rb
-            .headers(&self.headers)
-            .header("anthropic-version", API_VERSION);
+        let mut rb = rb.headers(&self.headers).static_header(
+            http::HeaderName::from_static("anthropic-version"),
+            API_VERSION,
+        );
         if let Some(c) = &self.credential {
             rb = rb.credential(c);
         }
@@ -67,7 +68,7 @@ impl AnthropicProvider {
     ) -> Result<Response, UpstreamError> {
         let mut rb = self
             .request(self.messages_url.post(&self.client))
-            .header(http::header::CONTENT_TYPE, "application/json");
+            .static_header(http::header::CONTENT_TYPE, "application/json");
         if let Some(tp) = &req.traceparent {
             rb = rb.header(http::HeaderName::from_static("traceparent"), tp);
         }

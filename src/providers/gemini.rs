@@ -69,7 +69,7 @@ impl GeminiProvider {
             .map_err(|e| UpstreamError::Malformed(e.to_string()))?;
         let mut rb = self
             .request(self.client.post(&self.url(model, stream)))
-            .header(http::header::CONTENT_TYPE, "application/json")
+            .static_header(http::header::CONTENT_TYPE, "application/json")
             .body(body);
         if let Some(tp) = &req.traceparent {
             rb = rb.header(http::HeaderName::from_static("traceparent"), tp);

@@ -175,6 +175,15 @@ impl RequestBuilder<'_> {
         self
     }
 
+    /// A header whose value is a constant of the code: made without a copy or a check on
+    /// every request.
+    pub fn static_header(mut self, name: HeaderName, value: &'static str) -> Self {
+        self.head
+            .headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+        self
+    }
+
     /// The provider's credential header.
     pub fn credential(mut self, credential: &Credential) -> Self {
         match &credential.0 {

@@ -153,8 +153,8 @@ impl OpenAiProvider {
         };
         let mut rb = rb
             .headers(&self.headers)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(
+            .static_header(http::header::CONTENT_TYPE, "application/json")
+            .static_header(
                 http::header::ACCEPT,
                 if stream {
                     "text/event-stream"

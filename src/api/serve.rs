@@ -365,7 +365,22 @@ fn overhead(log: &RequestLog, metrics: &Metrics) -> Option<HeaderValue> {
     let dep = log.outcome.deployment.as_ref()?;
     let overhead = log.started.elapsed().saturating_sub(log.outcome.upstream);
     metrics.overhead(&dep.model, &dep.provider.name, overhead);
-    HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0)).ok()
+    Some(milliseconds(overhead))
+}
+
+/// A duration in milliseconds with three decimals (`0.155`, `12.000`), rounded to the
+/// microsecond; integer arithmetic, not float formatting, on every reply.
+fn milliseconds(d: Duration) -> HeaderValue {
+    let us = (d.as_nanos() + 500) / 1000;
+    let frac = (us % 1000) as u16;
+    let mut text = String::with_capacity(16);
+    text.push_str(itoa::Buffer::new().format(us / 1000));
+    text.push('.');
+    for digit in [frac / 100, frac / 10 % 10, frac % 10] {
+        text.push(char::from(b'0' + digit as u8));
+    }
+    // Digits and a dot are always a valid header value.
+    HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("0.000"))
 }
 
 fn shutting_down() -> ProxyError {
@@ -529,4 +544,26 @@ fn sse_body<D: Dialect>(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The overhead header reads as `{:.3}` of the milliseconds did (ties aside: those
+    /// round up here, to even there).
+    #[test]
+    fn milliseconds_match_float_formatting() {
+        for ns in (0..5_000_000u64)
+            .step_by(7919)
+            .chain([999_999_999, 61_000_000_000])
+        {
+            if ns % 1000 == 500 {
+                continue;
+            }
+            let d = Duration::from_nanos(ns);
+            let old = format!("{:.3}", d.as_secs_f64() * 1000.0);
+            assert_eq!(milliseconds(d).to_str().unwrap(), old, "{ns}");
+        }
+    }
 }

@@ -47,12 +47,43 @@ impl RateStatus {
             let Some(q) = q else { continue };
             h.insert(limit, http::HeaderValue::from(q.limit));
             h.insert(remaining, http::HeaderValue::from(q.remaining));
-            let reset_s = format!("{}s", (q.reset_s * 1000.0).ceil() / 1000.0);
-            if let Ok(v) = http::HeaderValue::try_from(reset_s) {
+            if let Some(v) = reset_value(q.reset_s) {
                 h.insert(reset, v);
             }
         }
     }
+}
+
+/// `reset_s` rounded up to the millisecond, written as seconds with the trailing zeros
+/// dropped and an `s` (`0.001s`, `1s`, `59.5s`), as OpenAI writes it. The same text
+/// `format!("{}s", ceil(reset_s * 1000) / 1000)` gives, without formatting a float on
+/// every limited reply.
+fn reset_value(reset_s: f64) -> Option<http::HeaderValue> {
+    let ms = (reset_s * 1000.0).ceil();
+    // Also refuses NaN; a year of milliseconds is far beyond any window.
+    if !(0.0..1e12).contains(&ms) {
+        return None;
+    }
+    let ms = ms as u64;
+    let mut text = String::with_capacity(16);
+    text.push_str(itoa::Buffer::new().format(ms / 1000));
+    let mut frac = ms % 1000;
+    if frac != 0 {
+        text.push('.');
+        let mut digits = 3;
+        while frac % 10 == 0 {
+            frac /= 10;
+            digits -= 1;
+        }
+        let mut buffer = itoa::Buffer::new();
+        let formatted = buffer.format(frac);
+        for _ in formatted.len()..digits {
+            text.push('0');
+        }
+        text.push_str(formatted);
+    }
+    text.push('s');
+    http::HeaderValue::try_from(text).ok()
 }
 
 /// Which limit refused a request.
@@ -343,6 +374,23 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert("x-forwarded-for", v.parse().unwrap());
         h
+    }
+
+    /// The reset header reads as the float formatting it replaced did.
+    #[test]
+    fn reset_header_matches_float_formatting() {
+        let mut values = vec![
+            0.0, 0.0001, 0.001, 0.0011, 0.01, 0.1, 0.25, 0.5, 1.0, 1.5, 59.5,
+        ];
+        values.extend((0..2000).map(|i| f64::from(i) * 0.0137));
+        values.extend([60.0, 86_399.999, 3600.25]);
+        for x in values {
+            let old = format!("{}s", (x * 1000.0).ceil() / 1000.0);
+            let new = reset_value(x).unwrap();
+            assert_eq!(new.to_str().unwrap(), old, "{x}");
+        }
+        assert!(reset_value(f64::NAN).is_none());
+        assert!(reset_value(f64::INFINITY).is_none());
     }
 
     #[test]

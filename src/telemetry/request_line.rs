@@ -72,8 +72,7 @@ impl RequestLine<'_> {
     pub fn to_json(&self, level: tracing::Level, at: std::time::SystemTime) -> Vec<u8> {
         let mut w = LineWriter(Vec::with_capacity(640));
         w.0.extend_from_slice(b"{\"timestamp\":\"");
-        // Writing into a Vec cannot fail.
-        let _ = write!(w.0, "{}", humantime::format_rfc3339_micros(at));
+        timestamp(&mut w.0, at);
         w.0.extend_from_slice(b"\",\"level\":\"");
         w.0.extend_from_slice(level.as_str().as_bytes());
         w.0.extend_from_slice(b"\",\"message\":\"request\"");
@@ -150,6 +149,51 @@ impl RequestLine<'_> {
         }
         out
     }
+}
+
+/// `at` in RFC 3339 with microseconds, UTC (`2026-11-25T06:17:58.351866Z`), as
+/// tracing's JSON formatter writes it. The date and time of day change once a second, so
+/// each thread formats them once a second and reuses them for every line in between.
+fn timestamp(out: &mut Vec<u8>, at: std::time::SystemTime) {
+    use std::cell::RefCell;
+    use std::time::{Duration, UNIX_EPOCH};
+    thread_local! {
+        /// The second last formatted and its `YYYY-MM-DDTHH:MM:SS`.
+        static SECOND: RefCell<Option<(u64, [u8; 19])>> = const { RefCell::new(None) };
+    }
+    let Ok(since) = at.duration_since(UNIX_EPOCH) else {
+        // Before 1970: not worth a cache.
+        let _ = write!(out, "{}", humantime::format_rfc3339_micros(at));
+        return;
+    };
+    let secs = since.as_secs();
+    let prefix = SECOND.with_borrow_mut(|cached| match *cached {
+        Some((s, prefix)) if s == secs => Some(prefix),
+        _ => {
+            let whole = UNIX_EPOCH + Duration::from_secs(secs);
+            let text = humantime::format_rfc3339_seconds(whole).to_string();
+            // `YYYY-MM-DDTHH:MM:SSZ`; years past 9999 are written the slow way.
+            let prefix: [u8; 19] = text.as_bytes().get(..19)?.try_into().ok()?;
+            (text.len() == 20).then(|| {
+                *cached = Some((secs, prefix));
+                prefix
+            })
+        }
+    });
+    let Some(prefix) = prefix else {
+        let _ = write!(out, "{}", humantime::format_rfc3339_micros(at));
+        return;
+    };
+    out.extend_from_slice(&prefix);
+    out.push(b'.');
+    let micros = since.subsec_micros();
+    let mut buffer = itoa::Buffer::new();
+    let digits = buffer.format(micros);
+    for _ in digits.len()..6 {
+        out.push(b'0');
+    }
+    out.extend_from_slice(digits.as_bytes());
+    out.push(b'Z');
 }
 
 /// A JSON object being written after its first member: each call adds `,"key":value`,
@@ -298,6 +342,28 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(" status=502 "), "{text}");
+    }
+
+    /// The cached timestamp reads as humantime's, within a second and across seconds.
+    #[test]
+    fn timestamps_match_humantime() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let base = UNIX_EPOCH + Duration::from_secs(1_795_595_229);
+        for offset_us in [
+            0,
+            1,
+            999_999,
+            1_000_000,
+            1_000_001,
+            61_250_000,
+            86_400_000_007,
+        ] {
+            let at = base + Duration::from_micros(offset_us);
+            let mut out = Vec::new();
+            timestamp(&mut out, at);
+            let expected = humantime::format_rfc3339_micros(at).to_string();
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
     }
 
     #[test]

@@ -97,44 +97,97 @@ pub(super) fn migrate(
     Ok(())
 }
 
+/// The columns a record fills, in the order [`bind_record`] binds them.
+const COLUMNS: &str = "at_ms, request_id, trace_id, key_name, endpoint, model, provider, \
+    deployment, status, result, error_code, stream, attempts, tokens_in, tokens_out, \
+    tokens_cached, tokens_reasoning, cost_usd, latency_ms, ttft_ms, chunks, finish_reason";
+const COLUMN_COUNT: usize = 22;
+
+/// Rows per INSERT statement when a batch has that many. One statement for several rows
+/// runs SQLite's per-statement work (cursor setup, halt, reset) once for all of them.
+const ROWS_PER_INSERT: usize = 16;
+
+/// `INSERT INTO requests (…) VALUES (?,…),(?,…)…` for `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let one = format!("({})", vec!["?"; COLUMN_COUNT].join(","));
+    format!(
+        "INSERT INTO requests ({COLUMNS}) VALUES {}",
+        vec![one; rows].join(",")
+    )
+}
+
+fn text(s: &str) -> rusqlite::types::ToSqlOutput<'_> {
+    rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(s.as_bytes()))
+}
+
+fn opt_text(s: Option<&str>) -> rusqlite::types::ToSqlOutput<'_> {
+    s.map_or(NULL, text)
+}
+
+const NULL: rusqlite::types::ToSqlOutput<'static> =
+    rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Null);
+
+fn int(i: i64) -> rusqlite::types::ToSqlOutput<'static> {
+    rusqlite::types::ToSqlOutput::Owned(rusqlite::types::Value::Integer(i))
+}
+
+/// Token counts and chunk counts are u64; SQLite integers are i64 (never reached).
+fn count(i: u64) -> rusqlite::types::ToSqlOutput<'static> {
+    int(i64::try_from(i).unwrap_or(i64::MAX))
+}
+
+fn real(f: f64) -> rusqlite::types::ToSqlOutput<'static> {
+    rusqlite::types::ToSqlOutput::Owned(rusqlite::types::Value::Real(f))
+}
+
+/// A record's values, in [`COLUMNS`] order.
+fn record_values(r: &UsageRecord) -> [rusqlite::types::ToSqlOutput<'_>; COLUMN_COUNT] {
+    [
+        int(r.at_ms),
+        text(&r.request_id),
+        opt_text(r.trace_id.as_deref()),
+        opt_text(r.key.as_deref()),
+        text(r.endpoint),
+        opt_text(r.model.as_deref()),
+        opt_text(r.provider.as_deref()),
+        opt_text(r.deployment.as_deref()),
+        int(i64::from(r.status)),
+        text(r.result),
+        opt_text(r.error_code),
+        int(i64::from(r.stream)),
+        int(i64::from(r.attempts)),
+        r.tokens_in.map_or(NULL, count),
+        r.tokens_out.map_or(NULL, count),
+        r.tokens_cached.map_or(NULL, count),
+        r.tokens_reasoning.map_or(NULL, count),
+        r.cost_usd.map_or(NULL, real),
+        real(r.latency_ms),
+        r.ttft_ms.map_or(NULL, real),
+        count(r.chunks),
+        opt_text(r.finish_reason),
+    ]
+}
+
 fn write_batch(
     conn: &mut rusqlite::Connection,
     batch: &[Arc<UsageRecord>],
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO requests (at_ms, request_id, trace_id, key_name, endpoint, model, provider,
-             deployment, status, result, error_code, stream, attempts, tokens_in, tokens_out,
-             tokens_cached, tokens_reasoning, cost_usd, latency_ms, ttft_ms, chunks, finish_reason)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                     ?18, ?19, ?20, ?21, ?22)",
-        )?;
-        for r in batch {
-            stmt.execute(rusqlite::params![
-                r.at_ms,
-                r.request_id,
-                r.trace_id,
-                r.key,
-                r.endpoint,
-                r.model,
-                r.provider,
-                r.deployment,
-                r.status,
-                r.result,
-                r.error_code,
-                r.stream,
-                r.attempts,
-                r.tokens_in.map(|v| v as i64),
-                r.tokens_out.map(|v| v as i64),
-                r.tokens_cached.map(|v| v as i64),
-                r.tokens_reasoning.map(|v| v as i64),
-                r.cost_usd,
-                r.latency_ms,
-                r.ttft_ms,
-                r.chunks as i64,
-                r.finish_reason,
-            ])?;
+        let mut chunks = batch.chunks_exact(ROWS_PER_INSERT);
+        if chunks.len() > 0 {
+            let mut stmt = tx.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
+            for chunk in &mut chunks {
+                let values: Vec<_> = chunk.iter().flat_map(|r| record_values(r)).collect();
+                stmt.execute(rusqlite::params_from_iter(values))?;
+            }
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut stmt = tx.prepare_cached(&insert_sql(1))?;
+            for r in rest {
+                stmt.execute(rusqlite::params_from_iter(record_values(r)))?;
+            }
         }
     }
     tx.commit()
@@ -231,6 +284,91 @@ mod tests {
 
     fn key_index_sql(conn: &rusqlite::Connection) -> String {
         index_sql(conn, "requests_key_named").unwrap()
+    }
+
+    /// Batches of every size land row for row: multi-row statements and the remainder
+    /// alike, every column as recorded, nulls as nulls.
+    #[test]
+    fn batches_keep_every_row_and_column() {
+        let record = |i: u64| UsageRecord {
+            at_ms: 1_000 + i as i64,
+            request_id: format!("r{i}").into(),
+            trace_id: (i % 2 == 0).then(|| Arc::from(format!("t{i}"))),
+            key: (i % 3 == 0).then(|| Arc::from("team-a")),
+            endpoint: "chat_completions",
+            model: Some("m".into()),
+            provider: (i % 5 != 0).then(|| Arc::from("p")),
+            deployment: Some("p/m".into()),
+            status: if i % 7 == 0 { 502 } else { 200 },
+            result: if i % 7 == 0 { "error" } else { "ok" },
+            error_code: (i % 7 == 0).then_some("PROVIDER_ERROR"),
+            stream: i % 2 == 1,
+            attempts: 1 + (i % 3) as u32,
+            tokens_in: Some(i),
+            tokens_out: (i % 4 != 0).then_some(i * 2),
+            tokens_cached: (i % 6 == 0).then_some(1),
+            tokens_reasoning: None,
+            cost_usd: (i % 2 == 0).then(|| i as f64 / 8.0),
+            latency_ms: i as f64 + 0.5,
+            ttft_ms: (i % 2 == 1).then_some(0.25),
+            chunks: i,
+            finish_reason: (i % 7 != 0).then_some("stop"),
+        };
+        for size in [
+            1,
+            ROWS_PER_INSERT - 1,
+            ROWS_PER_INSERT,
+            2 * ROWS_PER_INSERT + 5,
+        ] {
+            let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+            migrate(&conn, Path::new(":memory:")).unwrap();
+            let batch: Vec<_> = (0..size as u64).map(|i| Arc::new(record(i))).collect();
+            write_batch(&mut conn, &batch).unwrap();
+            let mut stmt = conn
+                .prepare(&format!("SELECT {COLUMNS} FROM requests ORDER BY id"))
+                .unwrap();
+            let rows: Vec<UsageRecord> = stmt
+                .query_map([], |row| {
+                    let text = |c: usize| row.get::<_, Option<String>>(c);
+                    let arc = |c: usize| text(c).map(|t| t.map(Arc::from));
+                    let known = |c: usize, choices: &[&'static str]| {
+                        text(c).map(|t| t.and_then(|t| choices.iter().copied().find(|k| *k == t)))
+                    };
+                    let count =
+                        |c: usize| row.get::<_, Option<i64>>(c).map(|v| v.map(|v| v as u64));
+                    Ok(UsageRecord {
+                        at_ms: row.get(0)?,
+                        request_id: row.get::<_, String>(1)?.into(),
+                        trace_id: arc(2)?,
+                        key: arc(3)?,
+                        endpoint: known(4, &["chat_completions"])?.unwrap_or("?"),
+                        model: arc(5)?,
+                        provider: arc(6)?,
+                        deployment: arc(7)?,
+                        status: row.get(8)?,
+                        result: known(9, &["ok", "error"])?.unwrap_or("?"),
+                        error_code: known(10, &["PROVIDER_ERROR"])?,
+                        stream: row.get(11)?,
+                        attempts: row.get(12)?,
+                        tokens_in: count(13)?,
+                        tokens_out: count(14)?,
+                        tokens_cached: count(15)?,
+                        tokens_reasoning: count(16)?,
+                        cost_usd: row.get(17)?,
+                        latency_ms: row.get(18)?,
+                        ttft_ms: row.get(19)?,
+                        chunks: row.get::<_, i64>(20)? as u64,
+                        finish_reason: known(21, &["stop"])?,
+                    })
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(rows.len(), size);
+            for (row, r) in rows.iter().zip(&batch) {
+                assert_eq!(format!("{row:?}"), format!("{r:?}"));
+            }
+        }
     }
 
     /// A file written before the partial key index gets it in place: its rows stay, the

@@ -364,7 +364,12 @@ const OVERHEAD_HEADER: HeaderName = HeaderName::from_static("x-llm-proxy-overhea
 fn overhead(log: &RequestLog, metrics: &Metrics) -> Option<HeaderValue> {
     let dep = log.outcome.deployment.as_ref()?;
     let overhead = log.started.elapsed().saturating_sub(log.outcome.upstream);
-    metrics.overhead(&dep.model, &dep.provider.name, overhead);
+    metrics.overhead(
+        &dep.model,
+        &dep.provider.name,
+        overhead,
+        Some(&dep.state.series),
+    );
     Some(milliseconds(overhead))
 }
 

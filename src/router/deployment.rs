@@ -100,6 +100,8 @@ pub struct DeploymentState {
     ewma_us: AtomicU64,
     window: Mutex<Window>,
     breaker: Mutex<Breaker>,
+    /// This deployment's metric series, resolved once (see `SeriesCache`).
+    pub series: crate::telemetry::SeriesCache,
 }
 
 /// Weight of the newest sample in the moving average.
@@ -112,6 +114,7 @@ impl DeploymentState {
             ewma_us: AtomicU64::new(0),
             window: Mutex::new(Window::new(Instant::now())),
             breaker: Mutex::new(Breaker::new(policy)),
+            series: Default::default(),
         }
     }
 

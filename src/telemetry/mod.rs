@@ -8,7 +8,7 @@ mod request_log;
 mod trace;
 
 pub use log_sink::FlushGuard;
-pub use metrics::Metrics;
+pub use metrics::{Metrics, SeriesCache};
 pub use request_log::{ContentLog, RequestLog, StreamStats};
 pub use trace::TraceContext;
 

@@ -207,6 +207,7 @@ impl RequestLog {
                 latency,
                 self.stats.ttft,
                 self.stats.usage,
+                dep.map(|d| &d.state.series),
             );
             if let Some(scope) = self.limited_by {
                 m.rate_limited(scope);

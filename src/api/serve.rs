@@ -112,17 +112,41 @@ fn routing_headers(headers: &mut HeaderMap, model: &str, outcome: &Outcome) {
     const MODEL: HeaderName = HeaderName::from_static("x-llm-proxy-model");
     const DEPLOYMENT: HeaderName = HeaderName::from_static("x-llm-proxy-deployment");
     const ATTEMPTS: HeaderName = HeaderName::from_static("x-llm-proxy-attempts");
-    let served = outcome.deployment.as_ref().map_or(model, |d| &*d.model);
-    if let Ok(v) = HeaderValue::from_str(served) {
-        headers.insert(MODEL, v);
-    }
-    if let Some(d) = &outcome.deployment {
-        if let Ok(v) = HeaderValue::from_str(&d.id) {
-            headers.insert(DEPLOYMENT, v);
+    match &outcome.deployment {
+        Some(d) => {
+            let (model, id) = d.state.header_values.get_or_init(|| {
+                (
+                    HeaderValue::from_str(&d.model).ok(),
+                    HeaderValue::from_str(&d.id).ok(),
+                )
+            });
+            if let Some(v) = model {
+                headers.insert(MODEL, v.clone());
+            }
+            if let Some(v) = id {
+                headers.insert(DEPLOYMENT, v.clone());
+            }
+        }
+        None => {
+            if let Ok(v) = HeaderValue::from_str(model) {
+                headers.insert(MODEL, v);
+            }
         }
     }
-    if outcome.attempts > 0 {
-        headers.insert(ATTEMPTS, HeaderValue::from(outcome.attempts));
+    const FEW: [HeaderValue; 4] = [
+        HeaderValue::from_static("1"),
+        HeaderValue::from_static("2"),
+        HeaderValue::from_static("3"),
+        HeaderValue::from_static("4"),
+    ];
+    match outcome.attempts {
+        0 => {}
+        n @ 1..=4 => {
+            headers.insert(ATTEMPTS, FEW[n as usize - 1].clone());
+        }
+        n => {
+            headers.insert(ATTEMPTS, HeaderValue::from(n));
+        }
     }
 }
 

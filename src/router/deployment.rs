@@ -102,6 +102,10 @@ pub struct DeploymentState {
     breaker: Mutex<Breaker>,
     /// This deployment's metric series, resolved once (see `SeriesCache`).
     pub series: crate::telemetry::SeriesCache,
+    /// Its model and id as reply header values (`x-llm-proxy-model`,
+    /// `x-llm-proxy-deployment`), made on first use instead of on every reply; `None`
+    /// for a name that is not a valid header value.
+    pub header_values: std::sync::OnceLock<(Option<http::HeaderValue>, Option<http::HeaderValue>)>,
 }
 
 /// Weight of the newest sample in the moving average.
@@ -115,6 +119,7 @@ impl DeploymentState {
             window: Mutex::new(Window::new(Instant::now())),
             breaker: Mutex::new(Breaker::new(policy)),
             series: Default::default(),
+            header_values: std::sync::OnceLock::new(),
         }
     }
 

@@ -17,6 +17,13 @@ use crate::telemetry::log_sink;
 
 const TARGET: &str = "llm_proxy::request";
 
+/// `,"key":`, the separator and key of a member after the first.
+macro_rules! member {
+    ($key:literal) => {
+        concat!(",\"", $key, "\":")
+    };
+}
+
 /// The fields of one request line; `None` fields are left out, as tracing does.
 #[derive(Serialize)]
 pub struct RequestLine<'a> {
@@ -76,35 +83,35 @@ impl RequestLine<'_> {
         w.0.extend_from_slice(b"\",\"level\":\"");
         w.0.extend_from_slice(level.as_str().as_bytes());
         w.0.extend_from_slice(b"\",\"message\":\"request\"");
-        w.str("request_id", Some(self.request_id));
-        w.str("endpoint", Some(self.endpoint));
-        w.str("model", self.model);
-        w.str("key", self.key);
-        w.str("trace_id", self.trace_id);
+        w.str(member!("request_id"), Some(self.request_id));
+        w.str(member!("endpoint"), Some(self.endpoint));
+        w.str(member!("model"), self.model);
+        w.str(member!("key"), self.key);
+        w.str(member!("trace_id"), self.trace_id);
         if let Some(ip) = self.client_ip {
-            w.key("client_ip");
+            w.key(member!("client_ip"));
             let _ = write!(w.0, "\"{ip}\"");
         }
-        w.float("upstream_ms", Some(self.upstream_ms));
-        w.int("tokens_reasoning", self.tokens_reasoning);
-        w.str("provider", self.provider);
-        w.str("deployment", self.deployment);
-        w.int("attempts", Some(u64::from(self.attempts)));
-        w.key("stream");
+        w.float(member!("upstream_ms"), Some(self.upstream_ms));
+        w.int(member!("tokens_reasoning"), self.tokens_reasoning);
+        w.str(member!("provider"), self.provider);
+        w.str(member!("deployment"), self.deployment);
+        w.int(member!("attempts"), Some(u64::from(self.attempts)));
+        w.key(member!("stream"));
         w.0.extend_from_slice(if self.stream { b"true" } else { b"false" });
-        w.int("status", Some(u64::from(self.status)));
-        w.str("result", Some(self.result));
-        w.str("error_code", self.error_code);
-        w.str("error_message", self.error_message);
-        w.float("latency_ms", Some(self.latency_ms));
-        w.float("ttft_ms", self.ttft_ms);
-        w.int("tokens_in", self.tokens_in);
-        w.int("tokens_out", self.tokens_out);
-        w.int("tokens_cached", self.tokens_cached);
-        w.float("tokens_per_sec", self.tokens_per_sec);
-        w.float("cost_usd", self.cost_usd);
-        w.str("finish_reason", self.finish_reason);
-        w.str("target", Some(TARGET));
+        w.int(member!("status"), Some(u64::from(self.status)));
+        w.str(member!("result"), Some(self.result));
+        w.str(member!("error_code"), self.error_code);
+        w.str(member!("error_message"), self.error_message);
+        w.float(member!("latency_ms"), Some(self.latency_ms));
+        w.float(member!("ttft_ms"), self.ttft_ms);
+        w.int(member!("tokens_in"), self.tokens_in);
+        w.int(member!("tokens_out"), self.tokens_out);
+        w.int(member!("tokens_cached"), self.tokens_cached);
+        w.float(member!("tokens_per_sec"), self.tokens_per_sec);
+        w.float(member!("cost_usd"), self.cost_usd);
+        w.str(member!("finish_reason"), self.finish_reason);
+        w.str(member!("target"), Some(TARGET));
         w.0.extend_from_slice(b"}\n");
         w.0
     }
@@ -201,11 +208,10 @@ fn timestamp(out: &mut Vec<u8>, at: std::time::SystemTime) {
 struct LineWriter(Vec<u8>);
 
 impl LineWriter {
-    /// `key` is one of this file's constants: plain ASCII that needs no escaping.
-    fn key(&mut self, key: &'static str) {
-        self.0.extend_from_slice(b",\"");
-        self.0.extend_from_slice(key.as_bytes());
-        self.0.extend_from_slice(b"\":");
+    /// `member` is `,"key":` for one of this file's keys (see `member!`): plain ASCII
+    /// that needs no escaping, written in one copy.
+    fn key(&mut self, member: &'static str) {
+        self.0.extend_from_slice(member.as_bytes());
     }
 
     fn str(&mut self, key: &'static str, value: Option<&str>) {

@@ -123,6 +123,28 @@ pub struct Series {
 
 const TOKEN_TYPES: [&str; 4] = ["input", "output", "cached", "reasoning"];
 
+/// A usage's token counts in [`TOKEN_TYPES`] order.
+fn token_counts(u: crate::types::Usage) -> [Option<u64>; 4] {
+    [
+        Some(u.prompt_tokens),
+        Some(u.completion_tokens),
+        u.cached_tokens,
+        u.reasoning_tokens,
+    ]
+}
+
+/// What the request log tells the metrics about a finished request.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished<'a> {
+    pub endpoint: &'static str,
+    pub model: Option<&'a str>,
+    pub provider: Option<&'a Name>,
+    pub status: u16,
+    pub latency: Duration,
+    pub ttft: Option<Duration>,
+    pub usage: Option<crate::types::Usage>,
+}
+
 impl Series {
     fn labels(&self) -> ModelLabels {
         ModelLabels {
@@ -325,20 +347,18 @@ impl Metrics {
 
     /// Records a finished request (called once, by the request log). `cache` is the
     /// serving deployment's, when one served.
-    #[allow(clippy::too_many_arguments)]
-    pub fn request(
-        &self,
-        endpoint: &'static str,
-        model: Option<&str>,
-        provider: Option<&Name>,
-        status: u16,
-        latency: Duration,
-        ttft: Option<Duration>,
-        usage: Option<crate::types::Usage>,
-        cache: Option<&SeriesCache>,
-    ) {
+    pub fn request(&self, finished: &Finished<'_>, cache: Option<&SeriesCache>) {
+        let Finished {
+            endpoint,
+            model,
+            provider,
+            status,
+            latency,
+            ttft,
+            usage,
+        } = *finished;
         let Some(series) = self.cached(cache, model, provider) else {
-            return self.request_uncached(endpoint, model, provider, status, latency, ttft, usage);
+            return self.request_uncached(finished);
         };
         let requests = || {
             self.requests
@@ -373,13 +393,11 @@ impl Metrics {
                 .observe(t.as_secs_f64());
         }
         if let Some(u) = usage {
-            let counts = [
-                Some(u.prompt_tokens),
-                Some(u.completion_tokens),
-                u.cached_tokens,
-                u.reasoning_tokens,
-            ];
-            for ((n, kind), counter) in counts.into_iter().zip(TOKEN_TYPES).zip(&series.tokens) {
+            for ((n, kind), counter) in token_counts(u)
+                .into_iter()
+                .zip(TOKEN_TYPES)
+                .zip(&series.tokens)
+            {
                 if let Some(n) = n.filter(|n| *n > 0) {
                     counter
                         .get_or_init(|| {
@@ -398,25 +416,15 @@ impl Metrics {
     }
 
     /// [`Self::request`] without a deployment's cache: every label set looked up.
-    #[allow(clippy::too_many_arguments)]
-    fn request_uncached(
-        &self,
-        endpoint: &'static str,
-        model: Option<&str>,
-        provider: Option<&Name>,
-        status: u16,
-        latency: Duration,
-        ttft: Option<Duration>,
-        usage: Option<crate::types::Usage>,
-    ) {
-        let model = self.model_label(model);
-        let provider = self.provider(provider);
+    fn request_uncached(&self, f: &Finished<'_>) {
+        let model = self.model_label(f.model);
+        let provider = self.provider(f.provider);
         self.requests
             .get_or_create(&RequestLabels {
-                endpoint,
+                endpoint: f.endpoint,
                 model: model.clone(),
                 provider: provider.clone(),
-                status,
+                status: f.status,
             })
             .inc();
         let ml = ModelLabels {
@@ -425,17 +433,12 @@ impl Metrics {
         };
         self.duration
             .get_or_create(&ml)
-            .observe(latency.as_secs_f64());
-        if let Some(t) = ttft {
+            .observe(f.latency.as_secs_f64());
+        if let Some(t) = f.ttft {
             self.ttft.get_or_create(&ml).observe(t.as_secs_f64());
         }
-        if let Some(u) = usage {
-            for (kind, n) in TOKEN_TYPES.into_iter().zip([
-                Some(u.prompt_tokens),
-                Some(u.completion_tokens),
-                u.cached_tokens,
-                u.reasoning_tokens,
-            ]) {
+        if let Some(u) = f.usage {
+            for (kind, n) in TOKEN_TYPES.into_iter().zip(token_counts(u)) {
                 if let Some(n) = n.filter(|n| *n > 0) {
                     self.tokens
                         .get_or_create(&TokenLabels {
@@ -564,16 +567,16 @@ mod tests {
         for (endpoint, model, status, ttft, usage) in calls {
             for (m, c) in [(&cached, Some(&cache)), (&plain, None)] {
                 m.overhead(model, &openai, ms(1), c);
-                m.request(
+                let finished = Finished {
                     endpoint,
-                    Some(model),
-                    Some(&openai),
+                    model: Some(model),
+                    provider: Some(&openai),
                     status,
-                    ms(20),
+                    latency: ms(20),
                     ttft,
                     usage,
-                    c,
-                );
+                };
+                m.request(&finished, c);
             }
         }
         // Series within a family come in hash order: compare the lines as sets.

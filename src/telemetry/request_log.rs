@@ -200,13 +200,15 @@ impl RequestLog {
                 m.streams(-1);
             }
             m.request(
-                self.endpoint,
-                self.model.as_deref(),
-                dep.map(|d| &d.provider.name),
-                self.status,
-                latency,
-                self.stats.ttft,
-                self.stats.usage,
+                &super::metrics::Finished {
+                    endpoint: self.endpoint,
+                    model: self.model.as_deref(),
+                    provider: dep.map(|d| &d.provider.name),
+                    status: self.status,
+                    latency,
+                    ttft: self.stats.ttft,
+                    usage: self.stats.usage,
+                },
                 dep.map(|d| &d.state.series),
             );
             if let Some(scope) = self.limited_by {

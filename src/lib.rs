@@ -8,6 +8,7 @@
 pub mod api;
 pub mod config;
 pub mod connections;
+pub mod decimal;
 pub mod error;
 pub mod ids;
 pub mod keys;

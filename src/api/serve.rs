@@ -401,13 +401,7 @@ fn overhead(log: &RequestLog, metrics: &Metrics) -> Option<HeaderValue> {
 /// microsecond; integer arithmetic, not float formatting, on every reply.
 fn milliseconds(d: Duration) -> HeaderValue {
     let us = (d.as_nanos() + 500) / 1000;
-    let frac = (us % 1000) as u16;
-    let mut text = String::with_capacity(16);
-    text.push_str(itoa::Buffer::new().format(us / 1000));
-    text.push('.');
-    for digit in [frac / 100, frac / 10 % 10, frac % 10] {
-        text.push(char::from(b'0' + digit as u8));
-    }
+    let text = crate::decimal::thousandths(u64::try_from(us).unwrap_or(u64::MAX));
     // Digits and a dot are always a valid header value.
     HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("0.000"))
 }

@@ -64,24 +64,7 @@ fn reset_value(reset_s: f64) -> Option<http::HeaderValue> {
     if !(0.0..1e12).contains(&ms) {
         return None;
     }
-    let ms = ms as u64;
-    let mut text = String::with_capacity(16);
-    text.push_str(itoa::Buffer::new().format(ms / 1000));
-    let mut frac = ms % 1000;
-    if frac != 0 {
-        text.push('.');
-        let mut digits = 3;
-        while frac % 10 == 0 {
-            frac /= 10;
-            digits -= 1;
-        }
-        let mut buffer = itoa::Buffer::new();
-        let formatted = buffer.format(frac);
-        for _ in formatted.len()..digits {
-            text.push('0');
-        }
-        text.push_str(formatted);
-    }
+    let mut text = crate::decimal::thousandths_trimmed(ms as u64);
     text.push('s');
     http::HeaderValue::try_from(text).ok()
 }

@@ -168,26 +168,24 @@ fn timestamp(out: &mut Vec<u8>, at: std::time::SystemTime) {
         /// The second last formatted and its `YYYY-MM-DDTHH:MM:SS`.
         static SECOND: RefCell<Option<(u64, [u8; 19])>> = const { RefCell::new(None) };
     }
-    let Ok(since) = at.duration_since(UNIX_EPOCH) else {
-        // Before 1970: not worth a cache.
-        let _ = write!(out, "{}", humantime::format_rfc3339_micros(at));
-        return;
-    };
-    let secs = since.as_secs();
-    let prefix = SECOND.with_borrow_mut(|cached| match *cached {
-        Some((s, prefix)) if s == secs => Some(prefix),
-        _ => {
-            let whole = UNIX_EPOCH + Duration::from_secs(secs);
-            let text = humantime::format_rfc3339_seconds(whole).to_string();
-            // `YYYY-MM-DDTHH:MM:SSZ`; years past 9999 are written the slow way.
-            let prefix: [u8; 19] = text.as_bytes().get(..19)?.try_into().ok()?;
-            (text.len() == 20).then(|| {
-                *cached = Some((secs, prefix));
-                prefix
-            })
-        }
+    // Before 1970, or past year 9999 (a longer prefix): formatted the slow way.
+    let cached = at.duration_since(UNIX_EPOCH).ok().and_then(|since| {
+        let secs = since.as_secs();
+        SECOND.with_borrow_mut(|cached| match *cached {
+            Some((s, prefix)) if s == secs => Some((since, prefix)),
+            _ => {
+                let whole = UNIX_EPOCH + Duration::from_secs(secs);
+                // `YYYY-MM-DDTHH:MM:SSZ`
+                let text = humantime::format_rfc3339_seconds(whole).to_string();
+                let prefix: [u8; 19] = text.as_bytes().get(..19)?.try_into().ok()?;
+                (text.len() == 20).then(|| {
+                    *cached = Some((secs, prefix));
+                    (since, prefix)
+                })
+            }
+        })
     });
-    let Some(prefix) = prefix else {
+    let Some((since, prefix)) = cached else {
         let _ = write!(out, "{}", humantime::format_rfc3339_micros(at));
         return;
     };

@@ -241,14 +241,16 @@ impl Credential {
 pub struct Endpoint {
     raw: String,
     parsed: Result<http::Uri, String>,
+    /// The `Host` header for this URL, made once. Without it the pooled client formats
+    /// one on every HTTP/1 request (about 2% of the proxy's instructions per request).
+    host: Option<HeaderValue>,
 }
 
 impl Endpoint {
     pub fn new(raw: String) -> Self {
-        Self {
-            parsed: parse_url(&raw),
-            raw,
-        }
+        let parsed = parse_url(&raw);
+        let host = parsed.as_ref().ok().and_then(host_header);
+        Self { parsed, raw, host }
     }
 
     pub fn as_str(&self) -> &str {
@@ -257,8 +259,31 @@ impl Endpoint {
 
     /// A POST to this endpoint.
     pub fn post<'c>(&self, client: &'c HttpClient) -> RequestBuilder<'c> {
-        client.request(http::Method::POST, self.parsed.clone())
+        let mut rb = client.request(http::Method::POST, self.parsed.clone());
+        if let Some(host) = &self.host {
+            rb.head
+                .headers_mut()
+                .insert(http::header::HOST, host.clone());
+        }
+        rb
     }
+}
+
+/// The `Host` header the pooled client would write for `uri`: the host, and the port when
+/// one is given. `None` when the URL names its scheme's default port (`:443` on https):
+/// HTTP/2 sends the authority as written and forbids a `Host` that differs from it, while
+/// HTTP/1 servers expect the port left out, so that rare case is left to the client, which
+/// knows the connection's version.
+fn host_header(uri: &http::Uri) -> Option<HeaderValue> {
+    let authority = uri.authority()?;
+    let default_port = match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    if authority.port_u16() == Some(default_port) {
+        return None;
+    }
+    HeaderValue::from_str(authority.as_str()).ok()
 }
 
 /// Sends a request and checks its status: transport failures and non-2xx replies become
@@ -514,6 +539,51 @@ mod tests {
             assert!(err.contains(why), "{bad}: {err}");
             assert!(!err.contains("sk-secret"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_host_header_is_the_one_the_client_would_write() {
+        for (url, host) in [
+            ("https://api.openai.com/v1", Some("api.openai.com")),
+            ("http://127.0.0.1:18000/v1", Some("127.0.0.1:18000")),
+            ("http://[::1]:8000/v1", Some("[::1]:8000")),
+            ("http://example.com:443/v1", Some("example.com:443")),
+            // A default port written out is left to the client (see `host_header`).
+            ("https://api.openai.com:443/v1", None),
+            ("http://localhost:80", None),
+        ] {
+            let ep = Endpoint::new(url.to_owned());
+            assert_eq!(ep.host.as_ref().map(|h| h.to_str().unwrap()), host, "{url}");
+        }
+        assert!(Endpoint::new("not a url".to_owned()).host.is_none());
+    }
+
+    /// The precomputed header is what arrives, once, on a real connection.
+    #[tokio::test]
+    async fn an_upstream_gets_exactly_one_host_header() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = sock.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed before the head ended");
+                head.extend_from_slice(&buf[..n]);
+            }
+            sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                .await
+                .unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        let client = build_client(&ClientSettings::default()).unwrap();
+        let ep = Endpoint::new(format!("http://127.0.0.1:{port}/v1/chat/completions"));
+        fetch(ep.post(&client).body("{}"), None).await.unwrap();
+        let head = server.await.unwrap().to_ascii_lowercase();
+        let hosts: Vec<_> = head.lines().filter(|l| l.starts_with("host:")).collect();
+        assert_eq!(hosts, [format!("host: 127.0.0.1:{port}")], "{head}");
     }
 
     #[test]

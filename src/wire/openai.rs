@@ -4,6 +4,9 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+mod summary;
+pub use summary::decode_response_summary;
+
 use crate::types::{
     AssistantMessage, ChatEvent, ChatResponse, FinishReason, Raw, ThinkingBlock, ToolCall, Usage,
 };
@@ -116,48 +119,6 @@ pub fn decode_response(body: Bytes) -> Result<ChatResponse, serde_json::Error> {
         message,
         finish_reason,
         usage: wire.usage.map(Usage::from),
-        raw: Raw::OpenAi(body),
-    })
-}
-
-/// What the proxy itself takes from a reply it passes on verbatim: usage and the finish
-/// reason. The rest is checked to be JSON and skipped, not decoded into strings.
-#[derive(Deserialize)]
-struct WireSummary<'a> {
-    #[serde(default, borrow)]
-    choices: Vec<SummaryChoice<'a>>,
-    #[serde(default)]
-    usage: Option<WireUsage>,
-}
-
-#[derive(Deserialize)]
-struct SummaryChoice<'a> {
-    #[serde(default, borrow)]
-    finish_reason: Option<std::borrow::Cow<'a, str>>,
-}
-
-/// A reply for a client that gets it verbatim (see `ChatRequest::openai_reply_verbatim`):
-/// usage, finish reason and the body; `message`, `id` and `model` are left empty.
-///
-/// It checks what the proxy reads (the body is JSON, `choices` and `usage` have their
-/// shapes) and not the fields it passes on unread: the client gets what the upstream
-/// sent, as through any pass-through proxy. The full decode, which translating dialects
-/// and content logging use, still refuses e.g. a null `id` as a provider error.
-pub fn decode_response_summary(body: Bytes) -> Result<ChatResponse, serde_json::Error> {
-    let wire: WireSummary = serde_json::from_slice(&body)?;
-    let finish_reason = wire
-        .choices
-        .first()
-        .and_then(|c| c.finish_reason.as_deref())
-        .map(FinishReason::from_openai);
-    let usage = wire.usage.map(Usage::from);
-    Ok(ChatResponse {
-        id: String::new(),
-        model: String::new(),
-        created: 0,
-        message: AssistantMessage::default(),
-        finish_reason,
-        usage,
         raw: Raw::OpenAi(body),
     })
 }

@@ -38,8 +38,8 @@ impl AnthropicProvider {
             format!("{base}/v1")
         };
         Self {
+            messages_url: Endpoint::new(format!("{v1}/messages"), &client),
             client,
-            messages_url: Endpoint::new(format!("{v1}/messages")),
             models_url: format!("{v1}/models"),
             credential: api_key.as_ref().map(|k| {
                 Credential::header(http::HeaderName::from_static("x-api-key"), k.expose())

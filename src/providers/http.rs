@@ -1,23 +1,27 @@
-//! The one pooled HTTP client every provider shares, and the helpers that turn its replies
-//! into [`UpstreamError`]s without ever echoing a secret.
+//! The HTTP client every provider shares, and the helpers that turn its replies into
+//! [`UpstreamError`]s without ever echoing a secret.
 //!
-//! It is hyper's pooled client with a rustls connector, used directly: a general-purpose
-//! client's middleware (redirect policy re-parsing the URL, retry bookkeeping cloning the
-//! client, default-header merging) cost about a tenth of the proxy's CPU per request and
-//! did nothing for us — we never follow redirects, retries are the router's job, and each
-//! provider sets its own headers.
+//! The URLs called on every request ([`Endpoint`]s: chat completions, messages) keep their
+//! own connections (see `pool`); everything else (model lists, Gemini's per-model URLs)
+//! goes through hyper-util's pooled client. Both use the same rustls connector, with no
+//! general-purpose client on top: its middleware (redirect policy re-parsing the URL,
+//! retry bookkeeping cloning the client, default-header merging) cost about a tenth of the
+//! proxy's CPU per request and did nothing for us — we never follow redirects, retries are
+//! the router's job, and each provider sets its own headers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::connect::DeadlineConnector;
+pub use super::pool::UpstreamBody;
+use super::pool::{Connector, SendError, Upstream};
 use super::{TimeoutKind, UpstreamError};
 use crate::secret::{Secret, redact};
 
@@ -44,12 +48,15 @@ impl Default for ClientSettings {
 pub struct ClientBuildError(String);
 
 /// A reply whose body has not been read yet.
-pub type Response = http::Response<hyper::body::Incoming>;
+pub type Response = http::Response<UpstreamBody>;
 
 /// The shared upstream client. Cloning it is cheap (the pool is shared).
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<DeadlineConnector<HttpsConnector<HttpConnector>>, Full<Bytes>>,
+    inner: Client<Connector, Full<Bytes>>,
+    /// For [`Endpoint`]s, which keep their own connections (see `pool`).
+    connector: Connector,
+    settings: ClientSettings,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -91,8 +98,12 @@ pub fn build_client(settings: &ClientSettings) -> Result<HttpClient, ClientBuild
         .pool_max_idle_per_host(settings.pool_max_idle_per_host)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .build(connector);
-    Ok(HttpClient { inner })
+        .build(connector.clone());
+    Ok(HttpClient {
+        inner,
+        connector,
+        settings: settings.clone(),
+    })
 }
 
 impl HttpClient {
@@ -116,6 +127,7 @@ impl HttpClient {
         *head.uri_mut() = uri;
         RequestBuilder {
             client: self,
+            upstream: None,
             head,
             body: Bytes::new(),
             error,
@@ -159,6 +171,8 @@ pub fn parse_url(url: &str) -> Result<http::Uri, String> {
 /// panic and never with the value in the message.
 pub struct RequestBuilder<'c> {
     client: &'c HttpClient,
+    /// Set for an [`Endpoint`]'s requests: sent on its own connections.
+    upstream: Option<Arc<Upstream>>,
     head: http::Request<()>,
     body: Bytes,
     error: Option<String>,
@@ -234,23 +248,40 @@ impl Credential {
     }
 }
 
-/// An upstream URL parsed once, when the provider is built: parsing it on every request
-/// cost about as much CPU as the rest of building the request. A URL that does not parse is
-/// reported on each request as a transport error (config validation rejects most before).
-#[derive(Debug, Clone)]
+/// An upstream URL parsed once, when the provider is built, with its own connections:
+/// parsing it on every request cost about as much CPU as the rest of building the
+/// request, and the shared client's pool about a tenth of a request (see `pool`). A URL
+/// that does not parse is reported on each request as a transport error (config
+/// validation rejects most before).
+#[derive(Clone)]
 pub struct Endpoint {
     raw: String,
     parsed: Result<http::Uri, String>,
-    /// The `Host` header for this URL, made once. Without it the pooled client formats
-    /// one on every HTTP/1 request (about 2% of the proxy's instructions per request).
-    host: Option<HeaderValue>,
+    upstream: Option<Arc<Upstream>>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Endpoint").field(&self.raw).finish()
+    }
 }
 
 impl Endpoint {
-    pub fn new(raw: String) -> Self {
+    pub fn new(raw: String, client: &HttpClient) -> Self {
         let parsed = parse_url(&raw);
-        let host = parsed.as_ref().ok().and_then(host_header);
-        Self { parsed, raw, host }
+        let upstream = parsed.as_ref().ok().and_then(|uri| {
+            Upstream::new(
+                uri,
+                client.connector.clone(),
+                client.settings.pool_idle_timeout,
+                client.settings.pool_max_idle_per_host,
+            )
+        });
+        Self {
+            raw,
+            parsed,
+            upstream,
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -260,30 +291,9 @@ impl Endpoint {
     /// A POST to this endpoint.
     pub fn post<'c>(&self, client: &'c HttpClient) -> RequestBuilder<'c> {
         let mut rb = client.request(http::Method::POST, self.parsed.clone());
-        if let Some(host) = &self.host {
-            rb.head
-                .headers_mut()
-                .insert(http::header::HOST, host.clone());
-        }
+        rb.upstream = self.upstream.clone();
         rb
     }
-}
-
-/// The `Host` header the pooled client would write for `uri`: the host, and the port when
-/// one is given. `None` when the URL names its scheme's default port (`:443` on https):
-/// HTTP/2 sends the authority as written and forbids a `Host` that differs from it, while
-/// HTTP/1 servers expect the port left out, so that rare case is left to the client, which
-/// knows the connection's version.
-fn host_header(uri: &http::Uri) -> Option<HeaderValue> {
-    let authority = uri.authority()?;
-    let default_port = match uri.scheme_str() {
-        Some("https") => 443,
-        _ => 80,
-    };
-    if authority.port_u16() == Some(default_port) {
-        return None;
-    }
-    HeaderValue::from_str(authority.as_str()).ok()
 }
 
 /// Sends a request and checks its status: transport failures and non-2xx replies become
@@ -296,12 +306,19 @@ pub async fn send(rb: RequestBuilder<'_>, key: Option<&Secret>) -> Result<Respon
     // Kept to say which upstream failed (hyper's errors do not); a reference count, no copy.
     let authority = parts.uri.authority().cloned();
     let req = http::Request::from_parts(parts, Full::new(rb.body));
-    let resp = rb
-        .client
-        .inner
-        .request(req)
-        .await
-        .map_err(|e| transport_error(&e, authority.as_ref(), key))?;
+    let resp = match &rb.upstream {
+        Some(upstream) => upstream.send(req).await.map_err(|e| match e {
+            SendError::Connect(e) => transport_error(&*e, true, authority.as_ref(), key),
+            SendError::Send(e) => transport_error(&e, false, authority.as_ref(), key),
+        })?,
+        None => rb
+            .client
+            .inner
+            .request(req)
+            .await
+            .map_err(|e| transport_error(&e, e.is_connect(), authority.as_ref(), key))?
+            .map(UpstreamBody::pooled_elsewhere),
+    };
     if !resp.status().is_success() {
         return Err(status_error(resp, key).await);
     }
@@ -322,11 +339,12 @@ const MAX_ERROR_BODY: usize = 64 << 10;
 /// Maps a failure to get a reply (connect, TLS, the connection closing before the reply)
 /// to an [`UpstreamError`], redacting `key` from its text.
 fn transport_error(
-    err: &hyper_util::client::legacy::Error,
+    err: &(dyn std::error::Error + 'static),
+    connecting: bool,
     authority: Option<&http::uri::Authority>,
     key: Option<&Secret>,
 ) -> UpstreamError {
-    if err.is_connect() && timed_out(err) {
+    if connecting && timed_out(err) {
         return UpstreamError::Timeout(TimeoutKind::Connect, Duration::ZERO);
     }
     let text = match authority {
@@ -543,22 +561,28 @@ mod tests {
 
     #[test]
     fn the_host_header_is_the_one_the_client_would_write() {
+        let client = build_client(&ClientSettings::default()).unwrap();
         for (url, host) in [
-            ("https://api.openai.com/v1", Some("api.openai.com")),
-            ("http://127.0.0.1:18000/v1", Some("127.0.0.1:18000")),
-            ("http://[::1]:8000/v1", Some("[::1]:8000")),
-            ("http://example.com:443/v1", Some("example.com:443")),
-            // A default port written out is left to the client (see `host_header`).
-            ("https://api.openai.com:443/v1", None),
-            ("http://localhost:80", None),
+            ("https://api.openai.com/v1", "api.openai.com"),
+            ("http://127.0.0.1:18000/v1", "127.0.0.1:18000"),
+            ("http://[::1]:8000/v1", "[::1]:8000"),
+            ("http://example.com:443/v1", "example.com:443"),
+            // A scheme's default port is left out, as clients write it.
+            ("https://api.openai.com:443/v1", "api.openai.com"),
+            ("http://localhost:80", "localhost"),
         ] {
-            let ep = Endpoint::new(url.to_owned());
-            assert_eq!(ep.host.as_ref().map(|h| h.to_str().unwrap()), host, "{url}");
+            let ep = Endpoint::new(url.to_owned(), &client);
+            assert_eq!(ep.upstream.unwrap().host().to_str().unwrap(), host, "{url}");
         }
-        assert!(Endpoint::new("not a url".to_owned()).host.is_none());
+        assert!(
+            Endpoint::new("not a url".to_owned(), &client)
+                .upstream
+                .is_none()
+        );
     }
 
-    /// The precomputed header is what arrives, once, on a real connection.
+    /// The request line is in origin form and the precomputed Host arrives, once, on a
+    /// real connection.
     #[tokio::test]
     async fn an_upstream_gets_exactly_one_host_header() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -579,11 +603,134 @@ mod tests {
             String::from_utf8(head).unwrap()
         });
         let client = build_client(&ClientSettings::default()).unwrap();
-        let ep = Endpoint::new(format!("http://127.0.0.1:{port}/v1/chat/completions"));
+        let ep = Endpoint::new(
+            format!("http://127.0.0.1:{port}/v1/chat/completions"),
+            &client,
+        );
         fetch(ep.post(&client).body("{}"), None).await.unwrap();
         let head = server.await.unwrap().to_ascii_lowercase();
         let hosts: Vec<_> = head.lines().filter(|l| l.starts_with("host:")).collect();
         assert_eq!(hosts, [format!("host: 127.0.0.1:{port}")], "{head}");
+        assert!(
+            head.starts_with("post /v1/chat/completions http/1.1\r\n"),
+            "{head}"
+        );
+    }
+
+    /// An upstream over raw TCP that counts connections. Each request is answered by its
+    /// `x-mode` header: `close` closes the connection after the reply (without saying so),
+    /// `stream` sends the first chunk of a body that never ends, anything else `{}`.
+    async fn counting_upstream() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match sock.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        while buf.len() < end + len {
+                            let mut chunk = [0u8; 4096];
+                            match sock.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..end + len);
+                        if head.contains("x-mode: stream") {
+                            let _ = sock
+                                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n")
+                                .await;
+                            let mut rest = [0u8; 64];
+                            while matches!(sock.read(&mut rest).await, Ok(n) if n > 0) {}
+                            return;
+                        }
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+                        if sock.write_all(ok).await.is_err() || head.contains("x-mode: close") {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    #[tokio::test]
+    async fn endpoint_connections_are_reused_until_closed_abandoned_or_expired() {
+        use std::sync::atomic::Ordering;
+        let (port, accepted) = counting_upstream().await;
+        let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+        let client = build_client(&ClientSettings::default()).unwrap();
+        let ep = Endpoint::new(url.clone(), &client);
+        let call =
+            |mode: &'static str| fetch(ep.post(&client).header("x-mode", mode).body("{}"), None);
+
+        for _ in 0..3 {
+            assert_eq!(call("plain").await.unwrap(), "{}");
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connection for three requests"
+        );
+
+        // The upstream closes the connection after a reply without a word: the next
+        // request does not fail, it gets a new connection.
+        assert_eq!(call("close").await.unwrap(), "{}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(call("plain").await.unwrap(), "{}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+        // A reply dropped before its end takes its connection along (the one reused
+        // here): the next request opens a new one.
+        let resp = send(ep.post(&client).header("x-mode", "stream").body("{}"), None)
+            .await
+            .unwrap();
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "{}");
+        drop(body);
+        assert_eq!(call("plain").await.unwrap(), "{}");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            3,
+            "the abandoned one not reused"
+        );
+
+        // Idle past the timeout: closed, and the next request opens a new one.
+        let brief = build_client(&ClientSettings {
+            pool_idle_timeout: Duration::from_millis(400),
+            ..ClientSettings::default()
+        })
+        .unwrap();
+        let ep = Endpoint::new(url, &brief);
+        let call = || fetch(ep.post(&brief).body("{}"), None);
+        call().await.unwrap();
+        call().await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        call().await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 5);
     }
 
     #[test]

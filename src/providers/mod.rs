@@ -9,6 +9,7 @@ pub mod gemini;
 pub mod http;
 pub mod mock;
 pub mod openai;
+mod pool;
 pub mod sse_stream;
 
 use std::pin::Pin;

@@ -100,7 +100,7 @@ impl OpenAiProvider {
             }
         });
         Self {
-            chat_url: Endpoint::new(format!("{base_url}/chat/completions")),
+            chat_url: Endpoint::new(format!("{base_url}/chat/completions"), &client),
             client,
             base_url,
             flavor,

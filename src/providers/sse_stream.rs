@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
 
-use super::http::{Response, body_error};
+use super::http::{Response, UpstreamBody, body_error};
 use super::{EventStream, UpstreamError};
 use crate::secret::Secret;
 use crate::types::StreamChunk;
@@ -36,7 +36,7 @@ pub trait EventDecoder: Send + 'static {
 }
 
 struct State<D> {
-    body: hyper::body::Incoming,
+    body: UpstreamBody,
     sse: SseDecoder,
     pending: VecDeque<SseEvent>,
     decoder: D,

@@ -1,0 +1,351 @@
+//! The connections to one upstream URL that is called on every request (a provider's chat
+//! or messages endpoint), kept by the URL itself.
+//!
+//! Why not hyper-util's pooled client, which other requests still use: its pool is keyed
+//! by scheme and authority, hashed with SipHash a byte at a time on every checkout and
+//! return; each request builds a checkout future and a lazy connect future, and after
+//! every HTTP/1 reply it spawns a task that waits for the connection to be idle again.
+//! Together that was about a tenth of the proxy's instructions per request. Here the URL
+//! owns its connections: an HTTP/1 connection goes back into a list when the reply's body
+//! has been read to the end (see [`UpstreamBody`]), an HTTP/2 connection is shared by
+//! every request, and nothing is hashed or spawned per request.
+//!
+//! What it keeps from the pooled client: one connection task per connection, HTTP/2 when
+//! the upstream offers it through ALPN, idle connections closed after the idle timeout
+//! (checked whenever the URL is used; without traffic they last until the upstream closes
+//! them, which servers do on their own timeouts), at most `pool_max_idle_per_host` kept,
+//! and a request that a reused connection refused
+//! before it was written (the upstream closed it meanwhile) sent again on another one. A
+//! reply whose body is dropped before its end takes its connection with it: hyper closes
+//! it, which is how a client that goes away cancels the upstream's generation.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HOST, HeaderValue};
+use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::Service;
+
+use super::connect::DeadlineConnector;
+
+pub type Connector = DeadlineConnector<HttpsConnector<HttpConnector>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type H1 = http1::SendRequest<Full<Bytes>>;
+type H2 = http2::SendRequest<Full<Bytes>>;
+
+/// Why a request got no reply head.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be opened (DNS, TCP, TLS, the connect deadline).
+    Connect(BoxError),
+    /// The connection failed while the request was sent or the reply head awaited.
+    Send(hyper::Error),
+}
+
+/// One upstream URL's connections.
+pub struct Upstream {
+    /// The absolute URL: what HTTP/2 sends (scheme and authority become pseudo-headers).
+    uri: http::Uri,
+    /// The origin form (`/v1/chat/completions?…`): the HTTP/1 request line.
+    origin: http::Uri,
+    /// `Host` for HTTP/1: the authority without its scheme's default port.
+    host: HeaderValue,
+    connector: Connector,
+    idle_timeout: Duration,
+    max_idle: usize,
+    conns: Mutex<Conns>,
+}
+
+#[derive(Default)]
+struct Conns {
+    /// HTTP/1 connections with no request on them, the longest idle first.
+    idle: VecDeque<Idle>,
+    /// The HTTP/2 connection, once the upstream has spoken HTTP/2.
+    h2: Option<H2>,
+}
+
+struct Idle {
+    sender: H1,
+    since: Instant,
+}
+
+/// A connection to send one request on.
+enum Conn {
+    H1(H1),
+    H2(H2),
+}
+
+impl Upstream {
+    /// `None` when `uri` has no authority (`parse_url` refuses such URLs first).
+    pub fn new(
+        uri: &http::Uri,
+        connector: Connector,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Option<Arc<Self>> {
+        let authority = uri.authority()?;
+        let default_port = match uri.scheme_str() {
+            Some("https") => 443,
+            _ => 80,
+        };
+        let host = match authority.port_u16() {
+            Some(p) if p == default_port => authority.host(),
+            _ => authority.as_str(),
+        };
+        let origin = uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .parse()
+            .ok()?;
+        Some(Arc::new(Self {
+            uri: uri.clone(),
+            origin,
+            host: HeaderValue::from_str(host).ok()?,
+            connector,
+            idle_timeout,
+            max_idle,
+            conns: Mutex::new(Conns::default()),
+        }))
+    }
+
+    /// The `Host` header HTTP/1 requests carry.
+    #[cfg(test)]
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    /// Sends `req` (its URI and `Host` are set here, per the connection's version) and
+    /// returns the reply head; the body streams from the connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<UpstreamBody>, SendError> {
+        // Each turn either takes a pooled connection (and drops it if it failed) or opens
+        // a new one and returns, so the loop ends.
+        loop {
+            let (conn, reused) = match self.checkout() {
+                Some(conn) => (conn, true),
+                // Boxed: the connect and handshake futures are large, and inline they
+                // would make every request's future (moved several times) that large.
+                None => (Box::pin(self.connect()).await?, false),
+            };
+            match conn {
+                Conn::H1(mut sender) => {
+                    if let Err(e) = sender.ready().await {
+                        if reused {
+                            continue;
+                        }
+                        return Err(SendError::Send(e));
+                    }
+                    *req.uri_mut() = self.origin.clone();
+                    req.headers_mut().insert(HOST, self.host.clone());
+                    match sender.try_send_request(req).await {
+                        Ok(resp) => {
+                            let give_back = GiveBack {
+                                sender,
+                                upstream: Arc::clone(self),
+                            };
+                            return Ok(resp.map(|body| UpstreamBody::new(body, Some(give_back))));
+                        }
+                        Err(mut e) => match e.take_message() {
+                            Some(unsent) if reused => req = unsent,
+                            _ => return Err(SendError::Send(e.into_error())),
+                        },
+                    }
+                }
+                Conn::H2(mut sender) => {
+                    // A closed HTTP/2 connection is dropped from the pool by the next
+                    // checkout.
+                    if let Err(e) = sender.ready().await {
+                        if reused {
+                            continue;
+                        }
+                        return Err(SendError::Send(e));
+                    }
+                    *req.uri_mut() = self.uri.clone();
+                    req.headers_mut().remove(HOST);
+                    match sender.try_send_request(req).await {
+                        Ok(resp) => return Ok(resp.map(|body| UpstreamBody::new(body, None))),
+                        Err(mut e) => match e.take_message() {
+                            Some(unsent) if reused => req = unsent,
+                            _ => return Err(SendError::Send(e.into_error())),
+                        },
+                    }
+                }
+            }
+        }
+    }
+
+    /// A live pooled connection: the shared HTTP/2 one, else the HTTP/1 connection idle
+    /// the shortest time. Closed and expired ones are dropped on the way.
+    fn checkout(&self) -> Option<Conn> {
+        let mut conns = self.lock();
+        if let Some(h2) = &conns.h2 {
+            if !h2.is_closed() {
+                return Some(Conn::H2(h2.clone()));
+            }
+            conns.h2 = None;
+        }
+        self.expire(&mut conns);
+        while let Some(idle) = conns.idle.pop_back() {
+            if !idle.sender.is_closed() {
+                return Some(Conn::H1(idle.sender));
+            }
+        }
+        None
+    }
+
+    /// Drops the idle connections past the idle timeout (they are at the front).
+    fn expire(&self, conns: &mut Conns) {
+        while conns
+            .idle
+            .front()
+            .is_some_and(|i| i.since.elapsed() >= self.idle_timeout)
+        {
+            conns.idle.pop_front();
+        }
+    }
+
+    /// An HTTP/1 connection whose reply has been read to the end.
+    fn put(&self, sender: H1) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut conns = self.lock();
+        self.expire(&mut conns);
+        if conns.idle.len() < self.max_idle {
+            conns.idle.push_back(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// A poisoned lock only means a panic elsewhere while it was held; the list itself is
+    /// always consistent (every change is a single push or pop).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conns> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens a connection (within the connector's deadline) and starts its task.
+    async fn connect(&self) -> Result<Conn, SendError> {
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(SendError::Connect)?;
+        let io = connector
+            .call(self.uri.clone())
+            .await
+            .map_err(SendError::Connect)?;
+        if io.connected().is_negotiated_h2() {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(SendError::Send)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("upstream HTTP/2 connection ended: {e}");
+                }
+            });
+            self.lock().h2 = Some(sender.clone());
+            Ok(Conn::H2(sender))
+        } else {
+            let (sender, conn) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(SendError::Send)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("upstream connection ended: {e}");
+                }
+            });
+            Ok(Conn::H1(sender))
+        }
+    }
+}
+
+/// What returns an HTTP/1 connection to its upstream's list.
+struct GiveBack {
+    sender: H1,
+    upstream: Arc<Upstream>,
+}
+
+/// A reply body from an upstream. For HTTP/1 it holds the connection's sender and puts it
+/// back into the pool when the body has been read to its end; dropped earlier, it drops
+/// the sender and hyper closes the connection.
+pub struct UpstreamBody {
+    inner: Incoming,
+    give_back: Option<GiveBack>,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("pooled", &self.give_back.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamBody {
+    fn new(inner: Incoming, give_back: Option<GiveBack>) -> Self {
+        let mut body = Self { inner, give_back };
+        // An empty body (content-length 0) is over before it is read.
+        if body.inner.is_end_stream() {
+            body.finish();
+        }
+        body
+    }
+
+    /// A body from hyper-util's pooled client, which returns connections itself.
+    pub fn pooled_elsewhere(inner: Incoming) -> Self {
+        Self {
+            inner,
+            give_back: None,
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(g) = self.give_back.take() {
+            g.upstream.put(g.sender);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(),
+            // A failed body leaves the connection unusable: it goes with the sender.
+            Poll::Ready(Some(Err(_))) => this.give_back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -42,6 +42,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type H1 = http1::SendRequest<Full<Bytes>>;
 type H2 = http2::SendRequest<Full<Bytes>>;
 
+/// Pooled connections that may fail one request (closed by the upstream a moment before)
+/// before a new connection is opened for it.
+const MAX_STALE: usize = 4;
+
 /// Why a request got no reply head.
 #[derive(Debug)]
 pub enum SendError {
@@ -130,9 +134,16 @@ impl Upstream {
         mut req: http::Request<Full<Bytes>>,
     ) -> Result<http::Response<UpstreamBody>, SendError> {
         // Each turn either takes a pooled connection (and drops it if it failed) or opens
-        // a new one and returns, so the loop ends.
+        // a new one and returns; after a few pooled ones failed, a new one is opened at
+        // once. Either way the loop ends.
+        let mut stale = 0;
         loop {
-            let (conn, reused) = match self.checkout() {
+            let pooled = if stale < MAX_STALE {
+                self.checkout()
+            } else {
+                None
+            };
+            let (conn, reused) = match pooled {
                 Some(conn) => (conn, true),
                 // Boxed: the connect and handshake futures are large, and inline they
                 // would make every request's future (moved several times) that large.
@@ -142,6 +153,7 @@ impl Upstream {
                 Conn::H1(mut sender) => {
                     if let Err(e) = sender.ready().await {
                         if reused {
+                            stale += 1;
                             continue;
                         }
                         return Err(SendError::Send(e));
@@ -157,7 +169,10 @@ impl Upstream {
                             return Ok(resp.map(|body| UpstreamBody::new(body, Some(give_back))));
                         }
                         Err(mut e) => match e.take_message() {
-                            Some(unsent) if reused => req = unsent,
+                            Some(unsent) if reused => {
+                                stale += 1;
+                                req = unsent;
+                            }
                             _ => return Err(SendError::Send(e.into_error())),
                         },
                     }
@@ -167,6 +182,7 @@ impl Upstream {
                     // checkout.
                     if let Err(e) = sender.ready().await {
                         if reused {
+                            stale += 1;
                             continue;
                         }
                         return Err(SendError::Send(e));
@@ -176,7 +192,10 @@ impl Upstream {
                     match sender.try_send_request(req).await {
                         Ok(resp) => return Ok(resp.map(|body| UpstreamBody::new(body, None))),
                         Err(mut e) => match e.take_message() {
-                            Some(unsent) if reused => req = unsent,
+                            Some(unsent) if reused => {
+                                stale += 1;
+                                req = unsent;
+                            }
                             _ => return Err(SendError::Send(e.into_error())),
                         },
                     }

@@ -1,7 +1,9 @@
 //! The `gemini` provider kind: the Gemini API with an AI Studio key (`x-goog-api-key`).
 //! Translation lives in [`crate::wire::gemini`].
 
-use super::http::{Credential, HttpClient, RequestBuilder, Response, fetch, read_ok_body, send};
+use super::http::{
+    Credential, HttpClient, ModelEndpoints, RequestBuilder, Response, fetch, read_ok_body, send,
+};
 use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
 use crate::secret::Secret;
@@ -18,6 +20,8 @@ pub struct GeminiProvider {
     /// `x-goog-api-key`, made once from `api_key`.
     credential: Option<Credential>,
     headers: http::HeaderMap,
+    /// One URL per model and method.
+    model_urls: ModelEndpoints,
 }
 
 impl GeminiProvider {
@@ -35,6 +39,7 @@ impl GeminiProvider {
             }),
             api_key,
             headers,
+            model_urls: ModelEndpoints::default(),
         }
     }
 
@@ -68,7 +73,10 @@ impl GeminiProvider {
         let body = serde_json::to_vec(&encode_request(req))
             .map_err(|e| UpstreamError::Malformed(e.to_string()))?;
         let mut rb = self
-            .request(self.client.post(&self.url(model, stream)))
+            .request(
+                self.model_urls
+                    .post(&self.client, model, stream, || self.url(model, stream)),
+            )
             .static_header(http::header::CONTENT_TYPE, "application/json")
             .body(body);
         if let Some(tp) = &req.traceparent {

@@ -296,6 +296,51 @@ impl Endpoint {
     }
 }
 
+/// Endpoints for URLs that depend on the model (Azure deployments, Gemini's per-model
+/// methods), made on a model's first request and kept, so that those URLs too are parsed
+/// once and keep their own connections. Models come from the config, so this stays small;
+/// past [`MAX_MODEL_ENDPOINTS`] models (a wildcard route passing any name through) further
+/// ones are not kept and go through the shared pooled client.
+#[derive(Default)]
+pub struct ModelEndpoints {
+    /// Per model: the endpoint for plain requests and the one for streams.
+    by_model: std::sync::Mutex<std::collections::HashMap<String, [Option<Endpoint>; 2]>>,
+}
+
+/// How many models' endpoints a provider keeps.
+const MAX_MODEL_ENDPOINTS: usize = 256;
+
+impl std::fmt::Debug for ModelEndpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ModelEndpoints")
+    }
+}
+
+impl ModelEndpoints {
+    /// A POST to `model`'s URL (`url` makes it the first time).
+    pub fn post<'c>(
+        &self,
+        client: &'c HttpClient,
+        model: &str,
+        stream: bool,
+        url: impl FnOnce() -> String,
+    ) -> RequestBuilder<'c> {
+        let mut map = self.by_model.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(Some(ep)) = map.get(model).map(|e| &e[usize::from(stream)]) {
+            return ep.post(client);
+        }
+        let url = url();
+        if map.len() >= MAX_MODEL_ENDPOINTS && !map.contains_key(model) {
+            drop(map);
+            return client.post(&url);
+        }
+        let ep = Endpoint::new(url, client);
+        let rb = ep.post(client);
+        map.entry(model.to_owned()).or_default()[usize::from(stream)] = Some(ep);
+        rb
+    }
+}
+
 /// Sends a request and checks its status: transport failures and non-2xx replies become
 /// [`UpstreamError`]s with `key` redacted from every message.
 pub async fn send(rb: RequestBuilder<'_>, key: Option<&Secret>) -> Result<Response, UpstreamError> {
@@ -731,6 +776,44 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(800)).await;
         call().await.unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn model_urls_are_made_once_and_keep_their_connections() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (port, accepted) = counting_upstream().await;
+        let client = build_client(&ClientSettings::default()).unwrap();
+        let eps = ModelEndpoints::default();
+        let made = AtomicUsize::new(0);
+        let url = |model: &str| {
+            made.fetch_add(1, Ordering::SeqCst);
+            format!("http://127.0.0.1:{port}/models/{model}")
+        };
+        for _ in 0..3 {
+            for stream in [false, true] {
+                let rb = eps.post(&client, "m", stream, || url("m"));
+                assert_eq!(fetch(rb.body("{}"), None).await.unwrap(), "{}");
+            }
+        }
+        assert_eq!(
+            made.load(Ordering::SeqCst),
+            2,
+            "one URL per model and method"
+        );
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "and one connection each"
+        );
+
+        // Past the limit, a model's requests still go out, through the shared client.
+        for i in 1..MAX_MODEL_ENDPOINTS {
+            let _ = eps.post(&client, &format!("m{i}"), false, || url("x"));
+        }
+        let rb = eps.post(&client, "one-too-many", false, || url("one-too-many"));
+        assert!(rb.upstream.is_none());
+        assert_eq!(fetch(rb.body("{}"), None).await.unwrap(), "{}");
+        assert_eq!(eps.by_model.lock().unwrap().len(), MAX_MODEL_ENDPOINTS);
     }
 
     #[test]

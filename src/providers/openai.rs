@@ -7,7 +7,8 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use super::http::{
-    Credential, Endpoint, HttpClient, RequestBuilder, Response, fetch, read_ok_body, send,
+    Credential, Endpoint, HttpClient, ModelEndpoints, RequestBuilder, Response, fetch,
+    read_ok_body, send,
 };
 use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
@@ -47,6 +48,8 @@ pub struct OpenAiProvider {
     /// Base URL ending in the API version, e.g. `https://api.openai.com/v1`.
     base_url: String,
     chat_url: Endpoint,
+    /// Classic Azure: one URL per deployment.
+    deployment_urls: ModelEndpoints,
     flavor: Flavor,
     api_key: Option<Secret>,
     /// `Authorization: Bearer` (`api-key` for Azure), made once from `api_key`.
@@ -101,6 +104,7 @@ impl OpenAiProvider {
         });
         Self {
             chat_url: Endpoint::new(format!("{base_url}/chat/completions"), &client),
+            deployment_urls: ModelEndpoints::default(),
             client,
             base_url,
             flavor,
@@ -148,7 +152,9 @@ impl OpenAiProvider {
     ) -> RequestBuilder<'_> {
         let rb = match &self.flavor {
             // The deployment is part of the path: one URL per model.
-            Flavor::Azure { .. } => self.client.post(self.chat_url(model).as_ref()),
+            Flavor::Azure { .. } => self.deployment_urls.post(&self.client, model, false, || {
+                self.chat_url(model).into_owned()
+            }),
             _ => self.chat_url.post(&self.client),
         };
         let mut rb = rb

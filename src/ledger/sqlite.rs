@@ -107,11 +107,16 @@ const COLUMN_COUNT: usize = 22;
 /// runs SQLite's per-statement work (cursor setup, halt, reset) once for all of them.
 const ROWS_PER_INSERT: usize = 16;
 
-/// `INSERT INTO requests (…) VALUES (?,…),(?,…)…` for `rows` rows.
+/// `INSERT OR FAIL INTO requests (…) VALUES (?,…),(?,…)…` for `rows` rows.
+///
+/// `OR FAIL` rather than the default `ABORT`: an aborting statement that writes several
+/// rows keeps a statement journal to undo its own rows, page copies on every insert. A
+/// failed statement fails the whole batch's transaction anyway (it is rolled back and
+/// retried), so undoing the statement alone bought nothing.
 fn insert_sql(rows: usize) -> String {
     let one = format!("({})", vec!["?"; COLUMN_COUNT].join(","));
     format!(
-        "INSERT INTO requests ({COLUMNS}) VALUES {}",
+        "INSERT OR FAIL INTO requests ({COLUMNS}) VALUES {}",
         vec![one; rows].join(",")
     )
 }

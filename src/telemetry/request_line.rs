@@ -201,6 +201,34 @@ fn timestamp(out: &mut Vec<u8>, at: std::time::SystemTime) {
     out.push(b'Z');
 }
 
+/// Whether `text` has a character JSON requires escaped (a control character, `"` or `\\`,
+/// exactly those serde_json escapes). Eight bytes per step: every string of every line
+/// goes through this, and a byte-by-byte test was a third of writing the line.
+fn needs_escape(text: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut words = text.chunks_exact(8);
+    for chunk in &mut words {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(word);
+        // A byte's high bit ends up set where the byte, xor-ed with the one looked for,
+        // is zero, or where it is below 0x20 (and was below 0x80).
+        let quote = v ^ (ONES * u64::from(b'"'));
+        let backslash = v ^ (ONES * u64::from(b'\\'));
+        let hits = (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (v.wrapping_sub(ONES * 0x20) & !v);
+        if hits & HIGH != 0 {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 /// A JSON object being written after its first member: each call adds `,"key":value`,
 /// or nothing for an absent value (as tracing leaves out empty fields).
 struct LineWriter(Vec<u8>);
@@ -215,8 +243,7 @@ impl LineWriter {
     fn str(&mut self, key: &'static str, value: Option<&str>) {
         let Some(value) = value else { return };
         self.key(key);
-        // The characters JSON requires escaped, exactly those serde_json escapes.
-        if value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        if needs_escape(value.as_bytes()) {
             let _ = serde_json::to_writer(&mut self.0, value);
         } else {
             self.0.push(b'"');
@@ -389,6 +416,23 @@ mod tests {
             timestamp(&mut out, at);
             let expected = humantime::format_rfc3339_micros(at).to_string();
             assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn escaping_is_needed_exactly_where_json_requires_it() {
+        let plain = b"abcdefghijklmnopqrstuvwxyz-0123456789/ABCDEFGHIJ_.:";
+        assert!(!needs_escape(plain));
+        assert!(!needs_escape(b""));
+        for len in [1, 7, 8, 9, 16, 23, plain.len()] {
+            for at in 0..len {
+                for byte in 0u8..=255 {
+                    let mut t = plain[..len].to_vec();
+                    t[at] = byte;
+                    let expected = byte < 0x20 || byte == b'"' || byte == b'\\';
+                    assert_eq!(needs_escape(&t), expected, "{byte} at {at} of {len}");
+                }
+            }
         }
     }
 

@@ -123,6 +123,8 @@ fn make_certs(dir: &Path, name: &str) {
 struct Seen {
     version: http::Version,
     authorization: Option<String>,
+    /// Which of the upstream's accepted connections the request came on (0 = the first).
+    connection: usize,
 }
 
 /// An OpenAI-compatible upstream over TLS offering `alpn` (e.g. h2 and http/1.1).
@@ -149,7 +151,7 @@ async fn tls_upstream(dir: &Path, name: &str, alpn: &[&[u8]]) -> (u16, Arc<Mutex
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     tokio::spawn(async move {
-        loop {
+        for connection in 0.. {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
@@ -160,7 +162,8 @@ async fn tls_upstream(dir: &Path, name: &str, alpn: &[&[u8]]) -> (u16, Arc<Mutex
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let service = hyper::service::service_fn(move |req| reply(req, log.clone()));
+                let service =
+                    hyper::service::service_fn(move |req| reply(req, log.clone(), connection));
                 let _ = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
                 )
@@ -175,8 +178,10 @@ async fn tls_upstream(dir: &Path, name: &str, alpn: &[&[u8]]) -> (u16, Arc<Mutex
 async fn reply(
     req: Request<hyper::body::Incoming>,
     log: Arc<Mutex<Vec<Seen>>>,
+    connection: usize,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     log.lock().unwrap().push(Seen {
+        connection,
         version: req.version(),
         authorization: req
             .headers()
@@ -301,6 +306,9 @@ async fn tls_upstreams_are_verified_and_speak_http2_when_offered() {
         assert_eq!(seen.len(), 2, "{seen:?}");
         for s in &seen {
             assert_eq!(s.version, version, "{seen:?}");
+            // One connection for the reply and the stream after it: HTTP/2's is shared,
+            // HTTP/1.1's went back to the pool once the reply had been read.
+            assert_eq!(s.connection, 0, "{seen:?}");
             assert_eq!(
                 s.authorization.as_deref(),
                 Some(format!("Bearer {UPSTREAM_KEY}").as_str())

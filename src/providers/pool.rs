@@ -29,7 +29,7 @@ use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -88,6 +88,27 @@ enum Conn {
     H2(H2),
 }
 
+type Request = http::Request<Full<Bytes>>;
+
+/// What one try on a connection came to.
+enum Try {
+    Replied(http::Response<UpstreamBody>),
+    /// The connection refused the request before writing any of it: it can go to
+    /// another connection.
+    Unsent(Request, hyper::Error),
+    /// The request was (at least partly) written: it must not be sent again.
+    Failed(hyper::Error),
+}
+
+impl From<TrySendError<Request>> for Try {
+    fn from(mut e: TrySendError<Request>) -> Self {
+        match e.take_message() {
+            Some(unsent) => Try::Unsent(unsent, e.into_error()),
+            None => Try::Failed(e.into_error()),
+        }
+    }
+}
+
 impl Upstream {
     /// `None` when `uri` has no authority (`parse_url` refuses such URLs first).
     pub fn new(
@@ -131,7 +152,7 @@ impl Upstream {
     /// returns the reply head; the body streams from the connection.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: http::Request<Full<Bytes>>,
+        mut req: Request,
     ) -> Result<http::Response<UpstreamBody>, SendError> {
         // Each turn either takes a pooled connection (and drops it if it failed) or opens
         // a new one and returns; after a few pooled ones failed, a new one is opened at
@@ -149,58 +170,53 @@ impl Upstream {
                 // would make every request's future (moved several times) that large.
                 None => (Box::pin(self.connect()).await?, false),
             };
-            match conn {
-                Conn::H1(mut sender) => {
-                    if let Err(e) = sender.ready().await {
-                        if reused {
-                            stale += 1;
-                            continue;
-                        }
-                        return Err(SendError::Send(e));
-                    }
-                    *req.uri_mut() = self.origin.clone();
-                    req.headers_mut().insert(HOST, self.host.clone());
-                    match sender.try_send_request(req).await {
-                        Ok(resp) => {
-                            let give_back = GiveBack {
-                                sender,
-                                upstream: Arc::clone(self),
-                            };
-                            return Ok(resp.map(|body| UpstreamBody::new(body, Some(give_back))));
-                        }
-                        Err(mut e) => match e.take_message() {
-                            Some(unsent) if reused => {
-                                stale += 1;
-                                req = unsent;
-                            }
-                            _ => return Err(SendError::Send(e.into_error())),
-                        },
-                    }
+            let tried = match conn {
+                Conn::H1(sender) => self.try_h1(sender, req).await,
+                Conn::H2(sender) => self.try_h2(sender, req).await,
+            };
+            match tried {
+                Try::Replied(resp) => return Ok(resp),
+                Try::Unsent(unsent, _) if reused => {
+                    stale += 1;
+                    req = unsent;
                 }
-                Conn::H2(mut sender) => {
-                    // A closed HTTP/2 connection is dropped from the pool by the next
-                    // checkout.
-                    if let Err(e) = sender.ready().await {
-                        if reused {
-                            stale += 1;
-                            continue;
-                        }
-                        return Err(SendError::Send(e));
-                    }
-                    *req.uri_mut() = self.uri.clone();
-                    req.headers_mut().remove(HOST);
-                    match sender.try_send_request(req).await {
-                        Ok(resp) => return Ok(resp.map(|body| UpstreamBody::new(body, None))),
-                        Err(mut e) => match e.take_message() {
-                            Some(unsent) if reused => {
-                                stale += 1;
-                                req = unsent;
-                            }
-                            _ => return Err(SendError::Send(e.into_error())),
-                        },
-                    }
-                }
+                Try::Unsent(_, e) | Try::Failed(e) => return Err(SendError::Send(e)),
             }
+        }
+    }
+
+    /// One try on an HTTP/1 connection: origin-form URI and `Host`; the connection goes
+    /// back to the pool with the reply's body (see [`UpstreamBody`]).
+    async fn try_h1(self: &Arc<Self>, mut sender: H1, mut req: Request) -> Try {
+        if let Err(e) = sender.ready().await {
+            return Try::Unsent(req, e);
+        }
+        *req.uri_mut() = self.origin.clone();
+        req.headers_mut().insert(HOST, self.host.clone());
+        match sender.try_send_request(req).await {
+            Ok(resp) => {
+                let give_back = GiveBack {
+                    sender,
+                    upstream: Arc::clone(self),
+                };
+                Try::Replied(resp.map(|body| UpstreamBody::new(body, Some(give_back))))
+            }
+            Err(e) => Try::from(e),
+        }
+    }
+
+    /// One try on the shared HTTP/2 connection: the absolute URI (it becomes the
+    /// pseudo-headers) and no `Host`. A closed connection is dropped from the pool by the
+    /// next checkout.
+    async fn try_h2(&self, mut sender: H2, mut req: Request) -> Try {
+        if let Err(e) = sender.ready().await {
+            return Try::Unsent(req, e);
+        }
+        *req.uri_mut() = self.uri.clone();
+        req.headers_mut().remove(HOST);
+        match sender.try_send_request(req).await {
+            Ok(resp) => Try::Replied(resp.map(|body| UpstreamBody::new(body, None))),
+            Err(e) => Try::from(e),
         }
     }
 

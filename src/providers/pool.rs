@@ -14,10 +14,10 @@
 //! the upstream offers it through ALPN, idle connections closed after the idle timeout
 //! (checked whenever the URL is used; without traffic they last until the upstream closes
 //! them, which servers do on their own timeouts), at most `pool_max_idle_per_host` kept,
-//! and a request that a reused connection refused
-//! before it was written (the upstream closed it meanwhile) sent again on another one. A
-//! reply whose body is dropped before its end takes its connection with it: hyper closes
-//! it, which is how a client that goes away cancels the upstream's generation.
+//! and a request that a reused connection refused before writing it (the upstream closed
+//! the connection meanwhile) sent again on another one. A reply whose body is dropped
+//! before its end takes its connection with it: hyper closes it, which is how a client
+//! that goes away cancels the upstream's generation.
 
 use std::collections::VecDeque;
 use std::pin::Pin;

@@ -701,6 +701,31 @@ mod tests {
                             }
                         }
                         buf.drain(..end + len);
+                        if head.contains("x-mode: sse") {
+                            // A stream complete by its content, its last chunk after it
+                            // (at once, or a moment later).
+                            let events = b"data: {}\n\ndata: [DONE]\n\n";
+                            let chunk = format!("{:x}\r\n", events.len());
+                            let mut reply =
+                                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+                            reply.extend_from_slice(chunk.as_bytes());
+                            reply.extend_from_slice(events);
+                            reply.extend_from_slice(b"\r\n");
+                            let late = head.contains("x-mode: sse-late");
+                            if !late {
+                                reply.extend_from_slice(b"0\r\n\r\n");
+                            }
+                            if sock.write_all(&reply).await.is_err() {
+                                return;
+                            }
+                            if late {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                if sock.write_all(b"0\r\n\r\n").await.is_err() {
+                                    return;
+                                }
+                            }
+                            continue;
+                        }
                         if head.contains("x-mode: stream") {
                             let _ = sock
                                 .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n")
@@ -776,6 +801,77 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(800)).await;
         call().await.unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    }
+
+    /// A stream read up to its `[DONE]` and released gives its connection back, whether
+    /// the body's last chunk had arrived already or comes a moment later.
+    #[tokio::test]
+    async fn a_released_stream_gives_its_connection_back() {
+        use std::sync::atomic::Ordering;
+        let (port, accepted) = counting_upstream().await;
+        let client = build_client(&ClientSettings::default()).unwrap();
+        let ep = Endpoint::new(
+            format!("http://127.0.0.1:{port}/v1/chat/completions"),
+            &client,
+        );
+        for mode in ["sse", "sse-late", "sse", "sse-late"] {
+            let resp = send(ep.post(&client).header("x-mode", mode).body("{}"), None)
+                .await
+                .unwrap();
+            let mut body = resp.into_body();
+            let events = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert!(events.ends_with(b"data: [DONE]\n\n"), "{events:?}");
+            body.release();
+            // The connection is back once its task has read the last chunk.
+            let wait = if mode == "sse-late" { 300 } else { 50 };
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            assert_eq!(
+                fetch(ep.post(&client).header("x-mode", "plain").body("{}"), None)
+                    .await
+                    .unwrap(),
+                "{}"
+            );
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connection throughout"
+        );
+    }
+
+    /// A `Host` among the provider's configured headers is what the upstream gets.
+    #[tokio::test]
+    async fn a_configured_host_header_is_kept() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = sock.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed before the head ended");
+                head.extend_from_slice(&buf[..n]);
+            }
+            sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                .await
+                .unwrap();
+            String::from_utf8(head).unwrap().to_ascii_lowercase()
+        });
+        let client = build_client(&ClientSettings::default()).unwrap();
+        let ep = Endpoint::new(
+            format!("http://127.0.0.1:{port}/v1/chat/completions"),
+            &client,
+        );
+        let mut configured = http::HeaderMap::new();
+        configured.insert(http::header::HOST, HeaderValue::from_static("llm.internal"));
+        fetch(ep.post(&client).headers(&configured).body("{}"), None)
+            .await
+            .unwrap();
+        let head = server.await.unwrap();
+        let hosts: Vec<_> = head.lines().filter(|l| l.starts_with("host:")).collect();
+        assert_eq!(hosts, ["host: llm.internal"], "{head}");
     }
 
     #[tokio::test]

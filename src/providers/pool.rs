@@ -73,8 +73,9 @@ pub struct Upstream {
 struct Conns {
     /// HTTP/1 connections with no request on them, the longest idle first.
     idle: VecDeque<Idle>,
-    /// The HTTP/2 connection, once the upstream has spoken HTTP/2.
-    h2: Option<H2>,
+    /// The HTTP/2 connection, once the upstream has spoken HTTP/2, and when a request
+    /// last took it (it is dropped after the idle timeout like the others).
+    h2: Option<(H2, Instant)>,
 }
 
 struct Idle {
@@ -157,6 +158,9 @@ impl Upstream {
         // Each turn either takes a pooled connection (and drops it if it failed) or opens
         // a new one and returns; after a few pooled ones failed, a new one is opened at
         // once. Either way the loop ends.
+        // A `Host` from the provider's configured headers (routing through an ingress by
+        // address, say) is kept; otherwise HTTP/1 gets the URL's and HTTP/2 none.
+        let own_host = !req.headers().contains_key(HOST);
         let mut stale = 0;
         loop {
             let pooled = if stale < MAX_STALE {
@@ -171,8 +175,8 @@ impl Upstream {
                 None => (Box::pin(self.connect()).await?, false),
             };
             let tried = match conn {
-                Conn::H1(sender) => self.try_h1(sender, req).await,
-                Conn::H2(sender) => self.try_h2(sender, req).await,
+                Conn::H1(sender) => self.try_h1(sender, req, own_host).await,
+                Conn::H2(sender) => self.try_h2(sender, req, own_host).await,
             };
             match tried {
                 Try::Replied(resp) => return Ok(resp),
@@ -187,12 +191,14 @@ impl Upstream {
 
     /// One try on an HTTP/1 connection: origin-form URI and `Host`; the connection goes
     /// back to the pool with the reply's body (see [`UpstreamBody`]).
-    async fn try_h1(self: &Arc<Self>, mut sender: H1, mut req: Request) -> Try {
+    async fn try_h1(self: &Arc<Self>, mut sender: H1, mut req: Request, own_host: bool) -> Try {
         if let Err(e) = sender.ready().await {
             return Try::Unsent(req, e);
         }
         *req.uri_mut() = self.origin.clone();
-        req.headers_mut().insert(HOST, self.host.clone());
+        if own_host {
+            req.headers_mut().insert(HOST, self.host.clone());
+        }
         match sender.try_send_request(req).await {
             Ok(resp) => {
                 let give_back = GiveBack {
@@ -208,12 +214,15 @@ impl Upstream {
     /// One try on the shared HTTP/2 connection: the absolute URI (it becomes the
     /// pseudo-headers) and no `Host`. A closed connection is dropped from the pool by the
     /// next checkout.
-    async fn try_h2(&self, mut sender: H2, mut req: Request) -> Try {
+    async fn try_h2(&self, mut sender: H2, mut req: Request, own_host: bool) -> Try {
         if let Err(e) = sender.ready().await {
             return Try::Unsent(req, e);
         }
         *req.uri_mut() = self.uri.clone();
-        req.headers_mut().remove(HOST);
+        if own_host {
+            // Set by an HTTP/1 try before, on a connection that refused it.
+            req.headers_mut().remove(HOST);
+        }
         match sender.try_send_request(req).await {
             Ok(resp) => Try::Replied(resp.map(|body| UpstreamBody::new(body, None))),
             Err(e) => Try::from(e),
@@ -221,19 +230,29 @@ impl Upstream {
     }
 
     /// A live pooled connection: the shared HTTP/2 one, else the HTTP/1 connection idle
-    /// the shortest time. Closed and expired ones are dropped on the way.
+    /// the shortest time that is ready for a request. Closed and expired ones are dropped
+    /// on the way; one not ready yet (its connection still writing the previous request's
+    /// body after an early reply, or about to take the next request) stays in the list.
     fn checkout(&self) -> Option<Conn> {
         let mut conns = self.lock();
-        if let Some(h2) = &conns.h2 {
-            if !h2.is_closed() {
+        let now = Instant::now();
+        if let Some((h2, used)) = &mut conns.h2 {
+            if !h2.is_closed() && now.duration_since(*used) < self.idle_timeout {
+                *used = now;
                 return Some(Conn::H2(h2.clone()));
             }
             conns.h2 = None;
         }
         self.expire(&mut conns);
-        while let Some(idle) = conns.idle.pop_back() {
-            if !idle.sender.is_closed() {
-                return Some(Conn::H1(idle.sender));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for _ in 0..conns.idle.len() {
+            let Some(mut idle) = conns.idle.pop_back() else {
+                break;
+            };
+            match idle.sender.poll_ready(&mut cx) {
+                Poll::Ready(Ok(())) => return Some(Conn::H1(idle.sender)),
+                Poll::Ready(Err(_)) => {}
+                Poll::Pending => conns.idle.push_front(idle),
             }
         }
         None
@@ -292,7 +311,12 @@ impl Upstream {
                     tracing::debug!("upstream HTTP/2 connection ended: {e}");
                 }
             });
-            self.lock().h2 = Some(sender.clone());
+            // Requests that found no connection at once each open one; the first to
+            // finish becomes the shared one and the others close after their request.
+            let mut conns = self.lock();
+            if conns.h2.as_ref().is_none_or(|(h2, _)| h2.is_closed()) {
+                conns.h2 = Some((sender.clone(), Instant::now()));
+            }
             Ok(Conn::H2(sender))
         } else {
             let (sender, conn) = http1::Builder::new()
@@ -354,7 +378,46 @@ impl UpstreamBody {
             g.upstream.put(g.sender);
         }
     }
+
+    /// For a reply complete by its content (a stream's `[DONE]`) whose body has not
+    /// ended yet: what is left is normally only the body's framing (HTTP/1's last chunk).
+    /// It is read here so the connection can go back to the pool; dropping the body
+    /// instead would close the connection after every stream. The end is usually
+    /// buffered already; if not, a task waits for it a short while (and for at most a
+    /// little more data), then gives up and the connection closes.
+    pub fn release(mut self) {
+        if self.give_back.is_none() {
+            return;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut self).poll_frame(&mut cx) {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => return,
+            Poll::Ready(Some(Ok(_))) if self.give_back.is_none() => return,
+            _ => {}
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let drain = async {
+                let mut left = RELEASE_BYTES;
+                while let Some(Ok(frame)) = http_body_util::BodyExt::frame(&mut self).await {
+                    let len = frame.data_ref().map_or(0, Bytes::len);
+                    match left.checked_sub(len) {
+                        Some(l) => left = l,
+                        None => return,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(RELEASE_WAIT, drain).await;
+        });
+    }
 }
+
+/// How long [`UpstreamBody::release`] waits for the end of a body, and how much more of it
+/// it reads: past either, the connection is not worth keeping.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+const RELEASE_BYTES: usize = 64 << 10;
 
 impl Body for UpstreamBody {
     type Data = Bytes;

@@ -36,7 +36,8 @@ pub trait EventDecoder: Send + 'static {
 }
 
 struct State<D> {
-    body: UpstreamBody,
+    /// Taken when the reply ends by its content, to give its connection back.
+    body: Option<UpstreamBody>,
     sse: SseDecoder,
     pending: VecDeque<SseEvent>,
     decoder: D,
@@ -49,7 +50,7 @@ struct State<D> {
 /// that goes away cancels the upstream generation.
 pub fn decode_sse<D: EventDecoder>(resp: Response, key: Option<Secret>, decoder: D) -> EventStream {
     let st = State {
-        body: resp.into_body(),
+        body: Some(resp.into_body()),
         sse: SseDecoder::new(MAX_EVENT),
         pending: VecDeque::new(),
         decoder,
@@ -65,7 +66,12 @@ pub fn decode_sse<D: EventDecoder>(resp: Response, key: Option<Secret>, decoder:
                 match st.decoder.event(ev) {
                     Step::Chunk(c) => return Some((Ok(c), st)),
                     Step::Skip => continue,
-                    Step::End => return None,
+                    Step::End => {
+                        if let Some(body) = st.body.take() {
+                            body.release();
+                        }
+                        return None;
+                    }
                     Step::Fail(e) => {
                         st.done = true;
                         return Some((Err(e), st));
@@ -73,7 +79,8 @@ pub fn decode_sse<D: EventDecoder>(resp: Response, key: Option<Secret>, decoder:
                 }
             }
             let mut out = Vec::new();
-            match st.body.frame().await {
+            let body = st.body.as_mut()?;
+            match body.frame().await {
                 Some(Ok(frame)) => {
                     let Ok(bytes) = frame.into_data() else {
                         continue; // trailers

@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::connect::DeadlineConnector;
 pub use super::pool::UpstreamBody;
-use super::pool::{Connector, SendError, Upstream};
+use super::pool::{Connector, Route, SendError};
 use super::{TimeoutKind, UpstreamError};
 use crate::secret::{Secret, redact};
 
@@ -171,8 +171,8 @@ pub fn parse_url(url: &str) -> Result<http::Uri, String> {
 /// panic and never with the value in the message.
 pub struct RequestBuilder<'c> {
     client: &'c HttpClient,
-    /// Set for an [`Endpoint`]'s requests: sent on its own connections.
-    upstream: Option<Arc<Upstream>>,
+    /// Set for an [`Endpoint`]'s requests: sent on its upstream's connections.
+    upstream: Option<Arc<Route>>,
     head: http::Request<()>,
     body: Bytes,
     error: Option<String>,
@@ -257,7 +257,7 @@ impl Credential {
 pub struct Endpoint {
     raw: String,
     parsed: Result<http::Uri, String>,
-    upstream: Option<Arc<Upstream>>,
+    route: Option<Arc<Route>>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -267,21 +267,30 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
+    /// An endpoint with connections of its own.
     pub fn new(raw: String, client: &HttpClient) -> Self {
+        Self::sharing(raw, client, None)
+    }
+
+    /// An endpoint over `other`'s connections when both name the same scheme and
+    /// authority, else with its own.
+    pub fn sharing(raw: String, client: &HttpClient, other: Option<&Endpoint>) -> Self {
         let parsed = parse_url(&raw);
-        let upstream = parsed.as_ref().ok().and_then(|uri| {
-            Upstream::new(
-                uri,
-                client.connector.clone(),
-                client.settings.pool_idle_timeout,
-                client.settings.pool_max_idle_per_host,
-            )
+        let route = parsed.as_ref().ok().and_then(|uri| {
+            other
+                .and_then(|o| o.route.as_ref())
+                .and_then(|r| r.sibling(uri))
+                .or_else(|| {
+                    Route::new(
+                        uri,
+                        client.connector.clone(),
+                        client.settings.pool_idle_timeout,
+                        client.settings.pool_max_idle_per_host,
+                    )
+                })
+                .map(Arc::new)
         });
-        Self {
-            raw,
-            parsed,
-            upstream,
-        }
+        Self { raw, parsed, route }
     }
 
     pub fn as_str(&self) -> &str {
@@ -291,20 +300,23 @@ impl Endpoint {
     /// A POST to this endpoint.
     pub fn post<'c>(&self, client: &'c HttpClient) -> RequestBuilder<'c> {
         let mut rb = client.request(http::Method::POST, self.parsed.clone());
-        rb.upstream = self.upstream.clone();
+        rb.upstream = self.route.clone();
         rb
     }
 }
 
 /// Endpoints for URLs that depend on the model (Azure deployments, Gemini's per-model
 /// methods), made on a model's first request and kept, so that those URLs too are parsed
-/// once and keep their own connections. Models come from the config, so this stays small;
-/// past [`MAX_MODEL_ENDPOINTS`] models (a wildcard route passing any name through) further
+/// once; all of a provider's share one upstream's connections (with the provider's fixed
+/// endpoint too, when given one). Models come from the config, so this stays small; past
+/// [`MAX_MODEL_ENDPOINTS`] models (a wildcard route passing any name through) further
 /// ones are not kept and go through the shared pooled client.
 #[derive(Default)]
 pub struct ModelEndpoints {
     /// Per model: the endpoint for plain requests and the one for streams.
     by_model: std::sync::Mutex<std::collections::HashMap<String, [Option<Endpoint>; 2]>>,
+    /// Whose connections new endpoints share (else the first endpoint made's).
+    base: Option<Endpoint>,
 }
 
 /// How many models' endpoints a provider keeps.
@@ -317,6 +329,14 @@ impl std::fmt::Debug for ModelEndpoints {
 }
 
 impl ModelEndpoints {
+    /// Endpoints that share `base`'s connections (when they name its authority).
+    pub fn sharing(base: &Endpoint) -> Self {
+        Self {
+            by_model: Default::default(),
+            base: Some(base.clone()),
+        }
+    }
+
     /// A POST to `model`'s URL (`url` makes it the first time).
     pub fn post<'c>(
         &self,
@@ -334,7 +354,11 @@ impl ModelEndpoints {
             drop(map);
             return client.post(&url);
         }
-        let ep = Endpoint::new(url, client);
+        let base = self
+            .base
+            .as_ref()
+            .or_else(|| map.values().flatten().flatten().next());
+        let ep = Endpoint::sharing(url, client, base);
         let rb = ep.post(client);
         map.entry(model.to_owned()).or_default()[usize::from(stream)] = Some(ep);
         rb
@@ -617,11 +641,11 @@ mod tests {
             ("http://localhost:80", "localhost"),
         ] {
             let ep = Endpoint::new(url.to_owned(), &client);
-            assert_eq!(ep.upstream.unwrap().host().to_str().unwrap(), host, "{url}");
+            assert_eq!(ep.route.unwrap().host().to_str().unwrap(), host, "{url}");
         }
         assert!(
             Endpoint::new("not a url".to_owned(), &client)
-                .upstream
+                .route
                 .is_none()
         );
     }
@@ -875,7 +899,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn model_urls_are_made_once_and_keep_their_connections() {
+    async fn model_urls_are_made_once_and_share_their_upstreams_connections() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let (port, accepted) = counting_upstream().await;
         let client = build_client(&ClientSettings::default()).unwrap();
@@ -886,21 +910,34 @@ mod tests {
             format!("http://127.0.0.1:{port}/models/{model}")
         };
         for _ in 0..3 {
-            for stream in [false, true] {
-                let rb = eps.post(&client, "m", stream, || url("m"));
-                assert_eq!(fetch(rb.body("{}"), None).await.unwrap(), "{}");
+            for model in ["m", "n"] {
+                for stream in [false, true] {
+                    let rb = eps.post(&client, model, stream, || url(model));
+                    assert_eq!(fetch(rb.body("{}"), None).await.unwrap(), "{}");
+                }
             }
         }
         assert_eq!(
             made.load(Ordering::SeqCst),
-            2,
+            4,
             "one URL per model and method"
         );
-        assert_eq!(
-            accepted.load(Ordering::SeqCst),
-            2,
-            "and one connection each"
-        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for all");
+
+        // A base endpoint's connections are shared when the authority is the same.
+        let base = Endpoint::new(format!("http://127.0.0.1:{port}/v1/chat"), &client);
+        let other = Endpoint::new("http://127.0.0.2:9/v1".to_owned(), &client);
+        let eps2 = ModelEndpoints::sharing(&base);
+        let _ = eps2.post(&client, "m", false, || url("m"));
+        let _ = eps2.post(&client, "o", false, || "http://127.0.0.2:9/o".to_owned());
+        {
+            let map = eps2.by_model.lock().unwrap();
+            let route = |m: &str| map[m][0].as_ref().unwrap().route.clone().unwrap();
+            let base_route = base.route.clone().unwrap();
+            assert!(route("m").shares_connections_with(&base_route));
+            assert!(!route("o").shares_connections_with(&base_route));
+            assert!(!route("o").shares_connections_with(other.route.as_ref().unwrap()));
+        }
 
         // Past the limit, a model's requests still go out, through the shared client.
         for i in 1..MAX_MODEL_ENDPOINTS {

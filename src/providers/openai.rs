@@ -102,9 +102,10 @@ impl OpenAiProvider {
                 Credential::bearer(k.expose())
             }
         });
+        let chat_url = Endpoint::new(format!("{base_url}/chat/completions"), &client);
         Self {
-            chat_url: Endpoint::new(format!("{base_url}/chat/completions"), &client),
-            deployment_urls: ModelEndpoints::default(),
+            deployment_urls: ModelEndpoints::sharing(&chat_url),
+            chat_url,
             client,
             base_url,
             flavor,

@@ -1,12 +1,12 @@
-//! The connections to one upstream URL that is called on every request (a provider's chat
-//! or messages endpoint), kept by the URL itself.
+//! The connections to one upstream (a scheme and authority), kept by the URLs a provider
+//! calls on every request (its chat or messages endpoint, its per-model URLs).
 //!
 //! Why not hyper-util's pooled client, which other requests still use: its pool is keyed
 //! by scheme and authority, hashed with SipHash a byte at a time on every checkout and
 //! return; each request builds a checkout future and a lazy connect future, and after
 //! every HTTP/1 reply it spawns a task that waits for the connection to be idle again.
 //! Together that was about a tenth of the proxy's instructions per request. Here the URL
-//! owns its connections: an HTTP/1 connection goes back into a list when the reply's body
+//! holds its upstream's connections: an HTTP/1 connection goes back into a list when the reply's body
 //! has been read to the end (see [`UpstreamBody`]), an HTTP/2 connection is shared by
 //! every request, and nothing is hashed or spawned per request.
 //!
@@ -55,12 +55,21 @@ pub enum SendError {
     Send(hyper::Error),
 }
 
-/// One upstream URL's connections.
-pub struct Upstream {
+/// One URL on an upstream: where its requests go, and the connections they go over,
+/// shared by every URL with the same scheme and authority (see [`Route::sibling`]).
+pub struct Route {
     /// The absolute URL: what HTTP/2 sends (scheme and authority become pseudo-headers).
     uri: http::Uri,
     /// The origin form (`/v1/chat/completions?…`): the HTTP/1 request line.
     origin: http::Uri,
+    upstream: Arc<Upstream>,
+}
+
+/// One upstream's connections (a scheme and authority).
+pub struct Upstream {
+    /// Where connections are opened to (the first route's URL; only its scheme and
+    /// authority matter).
+    uri: http::Uri,
     /// `Host` for HTTP/1: the authority without its scheme's default port.
     host: HeaderValue,
     connector: Connector,
@@ -110,14 +119,15 @@ impl From<TrySendError<Request>> for Try {
     }
 }
 
-impl Upstream {
-    /// `None` when `uri` has no authority (`parse_url` refuses such URLs first).
+impl Route {
+    /// A route with connections of its own. `None` when `uri` has no authority
+    /// (`parse_url` refuses such URLs first).
     pub fn new(
         uri: &http::Uri,
         connector: Connector,
         idle_timeout: Duration,
         max_idle: usize,
-    ) -> Option<Arc<Self>> {
+    ) -> Option<Self> {
         let authority = uri.authority()?;
         let default_port = match uri.scheme_str() {
             Some("https") => 443,
@@ -127,32 +137,64 @@ impl Upstream {
             Some(p) if p == default_port => authority.host(),
             _ => authority.as_str(),
         };
-        let origin = uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .parse()
-            .ok()?;
-        Some(Arc::new(Self {
+        let upstream = Arc::new(Upstream {
             uri: uri.clone(),
-            origin,
             host: HeaderValue::from_str(host).ok()?,
             connector,
             idle_timeout,
             max_idle,
             conns: Mutex::new(Conns::default()),
-        }))
+        });
+        Self::on(uri, upstream)
+    }
+
+    /// `uri` over this route's connections when it names the same scheme and authority,
+    /// else `None`: a provider's per-model URLs share one upstream's connections.
+    pub fn sibling(&self, uri: &http::Uri) -> Option<Self> {
+        let same = uri.scheme() == self.uri.scheme() && uri.authority() == self.uri.authority();
+        if same {
+            Self::on(uri, self.upstream.clone())
+        } else {
+            None
+        }
+    }
+
+    fn on(uri: &http::Uri, upstream: Arc<Upstream>) -> Option<Self> {
+        let origin = uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .parse()
+            .ok()?;
+        Some(Self {
+            uri: uri.clone(),
+            origin,
+            upstream,
+        })
     }
 
     /// The `Host` header HTTP/1 requests carry.
     #[cfg(test)]
     pub fn host(&self) -> &HeaderValue {
-        &self.host
+        &self.upstream.host
     }
 
-    /// Sends `req` (its URI and `Host` are set here, per the connection's version) and
-    /// returns the reply head; the body streams from the connection.
-    pub async fn send(
+    /// Whether two routes share their connections.
+    #[cfg(test)]
+    pub fn shares_connections_with(&self, other: &Route) -> bool {
+        Arc::ptr_eq(&self.upstream, &other.upstream)
+    }
+
+    pub async fn send(&self, req: Request) -> Result<http::Response<UpstreamBody>, SendError> {
+        self.upstream.send(self, req).await
+    }
+}
+
+impl Upstream {
+    /// Sends `req` to `route` (its URI and `Host` are set here, per the connection's
+    /// version) and returns the reply head; the body streams from the connection.
+    async fn send(
         self: &Arc<Self>,
+        route: &Route,
         mut req: Request,
     ) -> Result<http::Response<UpstreamBody>, SendError> {
         // Each turn either takes a pooled connection (and drops it if it failed) or opens
@@ -175,8 +217,8 @@ impl Upstream {
                 None => (Box::pin(self.connect()).await?, false),
             };
             let tried = match conn {
-                Conn::H1(sender) => self.try_h1(sender, req, own_host).await,
-                Conn::H2(sender) => self.try_h2(sender, req, own_host).await,
+                Conn::H1(sender) => self.try_h1(route, sender, req, own_host).await,
+                Conn::H2(sender) => self.try_h2(route, sender, req, own_host).await,
             };
             match tried {
                 Try::Replied(resp) => return Ok(resp),
@@ -191,11 +233,17 @@ impl Upstream {
 
     /// One try on an HTTP/1 connection: origin-form URI and `Host`; the connection goes
     /// back to the pool with the reply's body (see [`UpstreamBody`]).
-    async fn try_h1(self: &Arc<Self>, mut sender: H1, mut req: Request, own_host: bool) -> Try {
+    async fn try_h1(
+        self: &Arc<Self>,
+        route: &Route,
+        mut sender: H1,
+        mut req: Request,
+        own_host: bool,
+    ) -> Try {
         if let Err(e) = sender.ready().await {
             return Try::Unsent(req, e);
         }
-        *req.uri_mut() = self.origin.clone();
+        *req.uri_mut() = route.origin.clone();
         if own_host {
             req.headers_mut().insert(HOST, self.host.clone());
         }
@@ -214,11 +262,11 @@ impl Upstream {
     /// One try on the shared HTTP/2 connection: the absolute URI (it becomes the
     /// pseudo-headers) and no `Host`. A closed connection is dropped from the pool by the
     /// next checkout.
-    async fn try_h2(&self, mut sender: H2, mut req: Request, own_host: bool) -> Try {
+    async fn try_h2(&self, route: &Route, mut sender: H2, mut req: Request, own_host: bool) -> Try {
         if let Err(e) = sender.ready().await {
             return Try::Unsent(req, e);
         }
-        *req.uri_mut() = self.uri.clone();
+        *req.uri_mut() = route.uri.clone();
         if own_host {
             // Set by an HTTP/1 try before, on a connection that refused it.
             req.headers_mut().remove(HOST);

@@ -650,10 +650,9 @@ mod tests {
         );
     }
 
-    /// The request line is in origin form and the precomputed Host arrives, once, on a
-    /// real connection.
-    #[tokio::test]
-    async fn an_upstream_gets_exactly_one_host_header() {
+    /// An upstream over raw TCP that answers one request with `{}` and hands back the
+    /// request's head, lowercased.
+    async fn head_recording_upstream() -> (u16, tokio::task::JoinHandle<String>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -669,15 +668,23 @@ mod tests {
             sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
                 .await
                 .unwrap();
-            String::from_utf8(head).unwrap()
+            String::from_utf8(head).unwrap().to_ascii_lowercase()
         });
+        (port, server)
+    }
+
+    /// The request line is in origin form and the precomputed Host arrives, once, on a
+    /// real connection.
+    #[tokio::test]
+    async fn an_upstream_gets_exactly_one_host_header() {
+        let (port, server) = head_recording_upstream().await;
         let client = build_client(&ClientSettings::default()).unwrap();
         let ep = Endpoint::new(
             format!("http://127.0.0.1:{port}/v1/chat/completions"),
             &client,
         );
         fetch(ep.post(&client).body("{}"), None).await.unwrap();
-        let head = server.await.unwrap().to_ascii_lowercase();
+        let head = server.await.unwrap();
         let hosts: Vec<_> = head.lines().filter(|l| l.starts_with("host:")).collect();
         assert_eq!(hosts, [format!("host: 127.0.0.1:{port}")], "{head}");
         assert!(
@@ -866,23 +873,7 @@ mod tests {
     /// A `Host` among the provider's configured headers is what the upstream gets.
     #[tokio::test]
     async fn a_configured_host_header_is_kept() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(async move {
-            let (mut sock, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = sock.read(&mut buf).await.unwrap();
-                assert!(n > 0, "closed before the head ended");
-                head.extend_from_slice(&buf[..n]);
-            }
-            sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
-                .await
-                .unwrap();
-            String::from_utf8(head).unwrap().to_ascii_lowercase()
-        });
+        let (port, server) = head_recording_upstream().await;
         let client = build_client(&ClientSettings::default()).unwrap();
         let ep = Endpoint::new(
             format!("http://127.0.0.1:{port}/v1/chat/completions"),

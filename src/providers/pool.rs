@@ -354,11 +354,7 @@ impl Upstream {
                 .handshake(io)
                 .await
                 .map_err(SendError::Send)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!("upstream HTTP/2 connection ended: {e}");
-                }
-            });
+            run_connection(conn, "HTTP/2");
             // Requests that found no connection at once each open one; the first to
             // finish becomes the shared one and the others close after their request.
             let mut conns = self.lock();
@@ -371,14 +367,23 @@ impl Upstream {
                 .handshake(io)
                 .await
                 .map_err(SendError::Send)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!("upstream connection ended: {e}");
-                }
-            });
+            run_connection(conn, "HTTP/1");
             Ok(Conn::H1(sender))
         }
     }
+}
+
+/// Runs a connection's I/O in a task of its own until it closes; how it ended is only
+/// worth a debug line (the requests on it report their own failures).
+fn run_connection<C>(conn: C, version: &'static str)
+where
+    C: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("upstream {version} connection ended: {e}");
+        }
+    });
 }
 
 /// What returns an HTTP/1 connection to its upstream's list.

@@ -2,7 +2,8 @@
 //! `anthropic-version` headers). Translation lives in [`crate::wire::anthropic`].
 
 use super::http::{
-    Credential, Endpoint, HttpClient, RequestBuilder, Response, fetch, read_ok_body, send,
+    Credential, Endpoint, FixedHeaders, HttpClient, RequestBuilder, Response, fetch, read_ok_body,
+    send,
 };
 use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
@@ -20,6 +21,8 @@ pub struct AnthropicProvider {
     /// `x-api-key`, made once from `api_key`.
     credential: Option<Credential>,
     headers: http::HeaderMap,
+    /// A messages request's headers.
+    messages_headers: FixedHeaders,
 }
 
 impl AnthropicProvider {
@@ -37,15 +40,28 @@ impl AnthropicProvider {
         } else {
             format!("{base}/v1")
         };
+        let credential = api_key
+            .as_ref()
+            .map(|k| Credential::header(http::HeaderName::from_static("x-api-key"), k.expose()));
+        let messages_headers = FixedHeaders::new(
+            &headers,
+            &[
+                (
+                    http::HeaderName::from_static("anthropic-version"),
+                    API_VERSION,
+                ),
+                (http::header::CONTENT_TYPE, "application/json"),
+            ],
+            credential.as_ref(),
+        );
         Self {
             messages_url: Endpoint::new(format!("{v1}/messages"), &client),
             client,
             models_url: format!("{v1}/models"),
-            credential: api_key.as_ref().map(|k| {
-                Credential::header(http::HeaderName::from_static("x-api-key"), k.expose())
-            }),
+            credential,
             api_key,
             headers,
+            messages_headers,
         }
     }
 
@@ -67,8 +83,9 @@ impl AnthropicProvider {
         stream: bool,
     ) -> Result<Response, UpstreamError> {
         let mut rb = self
-            .request(self.messages_url.post(&self.client))
-            .static_header(http::header::CONTENT_TYPE, "application/json");
+            .messages_url
+            .post(&self.client)
+            .fixed_headers(&self.messages_headers);
         if let Some(tp) = &req.traceparent {
             rb = rb.header(http::HeaderName::from_static("traceparent"), tp);
         }

@@ -2,7 +2,8 @@
 //! Translation lives in [`crate::wire::gemini`].
 
 use super::http::{
-    Credential, HttpClient, ModelEndpoints, RequestBuilder, Response, fetch, read_ok_body, send,
+    Credential, FixedHeaders, HttpClient, ModelEndpoints, RequestBuilder, Response, fetch,
+    read_ok_body, send,
 };
 use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
@@ -22,6 +23,8 @@ pub struct GeminiProvider {
     headers: http::HeaderMap,
     /// One URL per model and method.
     model_urls: ModelEndpoints,
+    /// A generation request's headers.
+    generate_headers: FixedHeaders,
 }
 
 impl GeminiProvider {
@@ -31,15 +34,22 @@ impl GeminiProvider {
         api_key: Option<Secret>,
         headers: http::HeaderMap,
     ) -> Self {
+        let credential = api_key.as_ref().map(|k| {
+            Credential::header(http::HeaderName::from_static("x-goog-api-key"), k.expose())
+        });
+        let generate_headers = FixedHeaders::new(
+            &headers,
+            &[(http::header::CONTENT_TYPE, "application/json")],
+            credential.as_ref(),
+        );
         Self {
             client,
             base_url: base_url.trim_end_matches('/').to_owned(),
-            credential: api_key.as_ref().map(|k| {
-                Credential::header(http::HeaderName::from_static("x-goog-api-key"), k.expose())
-            }),
+            credential,
             api_key,
             headers,
             model_urls: ModelEndpoints::default(),
+            generate_headers,
         }
     }
 
@@ -73,11 +83,9 @@ impl GeminiProvider {
         let body = serde_json::to_vec(&encode_request(req))
             .map_err(|e| UpstreamError::Malformed(e.to_string()))?;
         let mut rb = self
-            .request(
-                self.model_urls
-                    .post(&self.client, model, stream, || self.url(model, stream)),
-            )
-            .static_header(http::header::CONTENT_TYPE, "application/json")
+            .model_urls
+            .post(&self.client, model, stream, || self.url(model, stream))
+            .fixed_headers(&self.generate_headers)
             .body(body);
         if let Some(tp) = &req.traceparent {
             rb = rb.header(http::HeaderName::from_static("traceparent"), tp);

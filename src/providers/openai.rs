@@ -7,8 +7,8 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use super::http::{
-    Credential, Endpoint, HttpClient, ModelEndpoints, RequestBuilder, Response, fetch,
-    read_ok_body, send,
+    Credential, Endpoint, FixedHeaders, HttpClient, ModelEndpoints, RequestBuilder, Response,
+    fetch, read_ok_body, send,
 };
 use super::sse_stream::{EventDecoder, Step, decode_sse};
 use super::{ChatProvider, EventStream, UpstreamError};
@@ -55,6 +55,8 @@ pub struct OpenAiProvider {
     /// `Authorization: Bearer` (`api-key` for Azure), made once from `api_key`.
     credential: Option<Credential>,
     headers: http::HeaderMap,
+    /// A chat request's headers, for replies in one piece and for streams.
+    chat_headers: [FixedHeaders; 2],
 }
 
 impl OpenAiProvider {
@@ -103,7 +105,18 @@ impl OpenAiProvider {
             }
         });
         let chat_url = Endpoint::new(format!("{base_url}/chat/completions"), &client);
+        let chat_headers = ["application/json", "text/event-stream"].map(|accept| {
+            FixedHeaders::new(
+                &headers,
+                &[
+                    (http::header::CONTENT_TYPE, "application/json"),
+                    (http::header::ACCEPT, accept),
+                ],
+                credential.as_ref(),
+            )
+        });
         Self {
+            chat_headers,
             deployment_urls: ModelEndpoints::sharing(&chat_url),
             chat_url,
             client,
@@ -159,21 +172,12 @@ impl OpenAiProvider {
             _ => self.chat_url.post(&self.client),
         };
         let mut rb = rb
-            .headers(&self.headers)
-            .static_header(http::header::CONTENT_TYPE, "application/json")
-            .static_header(
-                http::header::ACCEPT,
-                if stream {
-                    "text/event-stream"
-                } else {
-                    "application/json"
-                },
-            )
+            .fixed_headers(&self.chat_headers[usize::from(stream)])
             .body(body);
         if let Some(tp) = traceparent {
             rb = rb.header(http::HeaderName::from_static("traceparent"), tp);
         }
-        self.authorize(rb)
+        rb
     }
 
     async fn send(

@@ -621,6 +621,26 @@ impl Router {
         soonest: &mut Option<Duration>,
         saw_full: &mut bool,
     ) -> Option<(usize, bool)> {
+        // A model with one deployment (most of them): the checks below, without the three
+        // candidate lists they allocate.
+        if let [only] = deployments {
+            let mut cooling = |left: Duration| {
+                *soonest = Some(soonest.map_or(left, |s| s.min(left)));
+                None
+            };
+            return match only.state.admit(false) {
+                Admission::Cooling(left) => cooling(left),
+                _ if at_limits(only) => {
+                    *saw_full = true;
+                    None
+                }
+                _ => match only.state.admit(true) {
+                    Admission::Allowed => Some((0, false)),
+                    Admission::Probe => Some((0, true)),
+                    Admission::Cooling(left) => cooling(left),
+                },
+            };
+        }
         let mut excluded: Vec<usize> = Vec::new();
         loop {
             let eligible: Vec<usize> = (0..deployments.len())

@@ -24,14 +24,17 @@ pub(super) fn presented_keys(headers: &http::HeaderMap) -> impl Iterator<Item = 
             let b = v.as_bytes();
             (b.len() > 7 && b[..7].eq_ignore_ascii_case(b"bearer ")).then(|| b[7..].trim_ascii())
         });
-    let plain = ["x-api-key", "x-internal-auth"]
-        .into_iter()
-        .flat_map(move |h| {
-            headers
-                .get_all(h)
-                .into_iter()
-                .map(|v| v.as_bytes().trim_ascii())
-        });
+    // Names made once: looking a header up by text parses the text on every request.
+    const PLAIN: [http::HeaderName; 2] = [
+        http::HeaderName::from_static("x-api-key"),
+        http::HeaderName::from_static("x-internal-auth"),
+    ];
+    let plain = PLAIN.into_iter().flat_map(move |h| {
+        headers
+            .get_all(h)
+            .into_iter()
+            .map(|v| v.as_bytes().trim_ascii())
+    });
     bearer.chain(plain).filter(|k| !k.is_empty())
 }
 

@@ -206,15 +206,19 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestCtx {
 #[derive(Clone, Copy)]
 pub(crate) struct Logged;
 
+/// A new UUID written straight into the shared string: no `fmt` and no intermediate
+/// `String` on every request.
 fn new_request_id() -> Arc<str> {
-    crate::ids::uuid_v4().to_string().into()
+    let mut buf = uuid::Uuid::encode_buffer();
+    Arc::from(&*crate::ids::uuid_v4().hyphenated().encode_lower(&mut buf))
 }
 
 /// Accepts the caller's `X-Request-Id` when it is a sane token, so ids can be correlated
 /// across services; otherwise makes one. Never trusts arbitrary bytes into logs.
 fn request_id_from(headers: &http::HeaderMap) -> Arc<str> {
+    const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
     headers
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
             !v.is_empty()
@@ -281,3 +285,26 @@ pub fn metrics_app(state: Arc<AppState>) -> HttpRouter {
 
 /// Shorthand for handlers.
 pub(crate) type AppStateRef = State<Arc<AppState>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_lowercase_uuids_unless_the_caller_sent_a_sane_one() {
+        let made = request_id_from(&http::HeaderMap::new());
+        let uuid = uuid::Uuid::parse_str(&made).unwrap();
+        assert_eq!(uuid.get_version_num(), 4);
+        assert_eq!(&*made, uuid.hyphenated().to_string());
+        assert_ne!(made, request_id_from(&http::HeaderMap::new()));
+
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "x-request-id",
+            http::HeaderValue::from_static("trace-abc.123"),
+        );
+        assert_eq!(&*request_id_from(&headers), "trace-abc.123");
+        headers.insert("x-request-id", http::HeaderValue::from_static("a b"));
+        assert_ne!(&*request_id_from(&headers), "a b");
+    }
+}

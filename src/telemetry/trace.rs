@@ -25,15 +25,19 @@ fn is_hex(s: &str, len: usize) -> bool {
 impl TraceContext {
     /// Continues the caller's trace from a valid `traceparent` header, else starts one.
     pub fn from_headers(headers: &http::HeaderMap) -> Self {
+        const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
         let parent = headers
-            .get("traceparent")
+            .get(TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(parse);
         let (trace_id, parent_span_id, sampled) = match parent {
             Some((t, p, s)) => (Arc::from(t), Some(p.to_owned()), s),
             None => {
                 let digits = crate::ids::nonzero_hex_digits::<32>();
-                (Arc::from(&*String::from_utf8_lossy(&digits)), None, true)
+                // Hex digits only, so the plain check never fails (and, unlike the lossy
+                // conversion, checks ASCII a word at a time).
+                let id = std::str::from_utf8(&digits).unwrap_or("00000000000000000000000000000001");
+                (Arc::from(id), None, true)
             }
         };
         Self {

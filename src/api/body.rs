@@ -2,8 +2,9 @@
 //! names the offending field, never a 500.
 
 use axum::body::Body;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 use crate::error::{ErrorCode, ProxyError};
@@ -25,19 +26,38 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large(limit));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let mut source: Option<&dyn std::error::Error> = Some(&e);
-        while let Some(s) = source {
-            if s.is::<http_body_util::LengthLimitError>() {
-                return too_large(limit);
-            }
-            source = s.source();
+    // Frame by frame rather than through a collecting adapter: a JSON request is almost
+    // always one frame, which is returned as it is, with no buffer list in between.
+    let mut body = body;
+    let mut first = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ProxyError::new(
+                ErrorCode::InvalidRequest,
+                format!("could not read the request body: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers carry nothing a JSON request needs
+        };
+        total = total.saturating_add(data.len());
+        if total > limit {
+            return Err(too_large(limit));
         }
-        ProxyError::new(
-            ErrorCode::InvalidRequest,
-            format!("could not read the request body: {e}"),
-        )
-    })
+        match &mut joined {
+            Some(buf) => buf.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => {
+                let mut buf = BytesMut::with_capacity(total);
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&data);
+                joined = Some(buf);
+            }
+        }
+    }
+    Ok(joined.map_or(first, BytesMut::freeze))
 }
 
 /// Decodes JSON into `T`; errors name the field path (`messages[0].role`) as `param`.
@@ -96,6 +116,43 @@ mod tests {
 
     fn err(body: &[u8]) -> ProxyError {
         decode::<ChatRequest>(body).unwrap_err()
+    }
+
+    fn chunked(parts: &[&'static str]) -> Body {
+        let frames = parts
+            .iter()
+            .map(|p| Ok::<_, std::io::Error>(Bytes::from_static(p.as_bytes())));
+        Body::from_stream(futures_util::stream::iter(frames.collect::<Vec<_>>()))
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_whole_and_held_to_the_limit() {
+        let none = HeaderMap::new();
+        // One frame, several, none.
+        assert_eq!(read(&none, Body::from("{}"), 2).await.unwrap(), "{}");
+        let joined = read(&none, chunked(&["{\"a\"", ":", "1}"]), 7)
+            .await
+            .unwrap();
+        assert_eq!(joined, "{\"a\":1}");
+        assert_eq!(read(&none, Body::empty(), 0).await.unwrap(), "");
+        // Past the limit without a declared length: refused as soon as it is exceeded.
+        for body in [Body::from("{\"a\":1}"), chunked(&["{\"a\"", ":", "1}"])] {
+            let e = read(&none, body, 6).await.unwrap_err();
+            assert_eq!(e.code, ErrorCode::PayloadTooLarge, "{}", e.message);
+        }
+        // A declared length past the limit is refused before reading.
+        let mut declared = HeaderMap::new();
+        declared.insert(http::header::CONTENT_LENGTH, "100".parse().unwrap());
+        let e = read(&declared, Body::from("{}"), 10).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::PayloadTooLarge);
+        // A body that fails midway is a 400 naming the read.
+        let failing = Body::from_stream(futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(b"{")),
+            Err(std::io::Error::other("reset by peer")),
+        ]));
+        let e = read(&none, failing, 100).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert!(e.message.contains("reset by peer"), "{}", e.message);
     }
 
     #[test]

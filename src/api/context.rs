@@ -83,18 +83,26 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Ok(mut resp) = ready!(this.inner.poll(cx));
-        finish(this.ctx, this.method, this.uri.path(), &mut resp);
+        let logged = resp.extensions().get::<Logged>().is_some();
+        finish(this.ctx, this.method, this.uri.path(), &mut resp, logged);
         Poll::Ready(Ok(resp))
     }
 }
 
 /// What every response gets on its way out: its `x-request-id`, and a log line when no
-/// handler wrote one. Shared by this layer and the fast lane (`api/fast_lane.rs`).
-pub(super) fn finish(ctx: &RequestCtx, method: &Method, path: &str, resp: &mut Response) {
+/// handler wrote one (`logged`). Shared by this layer and the fast lane
+/// (`api/fast_lane.rs`).
+pub(super) fn finish(
+    ctx: &RequestCtx,
+    method: &Method,
+    path: &str,
+    resp: &mut Response,
+    logged: bool,
+) {
     if let Ok(v) = HeaderValue::from_str(&ctx.id) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
-    if resp.extensions().get::<Logged>().is_none() {
+    if !logged {
         let status = resp.status().as_u16();
         let latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(

@@ -71,17 +71,18 @@ async fn answer<D: Dialect>(
 ) -> Response {
     let ctx = RequestCtx::new(req.headers());
     let (parts, body) = req.into_parts();
-    let mut resp = match state.keys.identify(auth::presented_keys(&parts.headers)) {
+    let (mut resp, logged) = match state.keys.identify(auth::presented_keys(&parts.headers)) {
         Ok(principal) => {
             let caller = Caller {
                 principal,
                 peer: Some(peer),
             };
-            serve::<D>(state, ctx.clone(), caller, parts.headers, parts.uri, body).await
+            let served = serve::<D>(state, ctx.clone(), caller, parts.headers, parts.uri, body);
+            (served.await.0, true)
         }
-        Err(failure) => auth::refusal(failure, &ctx),
+        Err(failure) => (auth::refusal(failure, &ctx), false),
     };
-    context::finish(&ctx, &Method::POST, path, &mut resp);
+    context::finish(&ctx, &Method::POST, path, &mut resp, logged);
     resp
 }
 

@@ -269,7 +269,9 @@ pub async fn chat(
     uri: Uri,
     raw: Body,
 ) -> Response {
-    serve::<Chat>(state.0, ctx, caller, headers, uri, raw).await
+    serve::<Chat>(state.0, ctx, caller, headers, uri, raw)
+        .await
+        .into_response()
 }
 
 /// The streaming normalizer: `token`, `reasoning`, `tool_call` (and `tool_call_delta` with
@@ -297,7 +299,9 @@ pub async fn stream(
     uri: Uri,
     raw: Body,
 ) -> Response {
-    serve::<Stream>(state.0, ctx, caller, headers, uri, raw).await
+    serve::<Stream>(state.0, ctx, caller, headers, uri, raw)
+        .await
+        .into_response()
 }
 
 /// A prompt in, text out, from any provider (chat-only ones included); `stream: true`
@@ -324,5 +328,7 @@ pub async fn completions(
     uri: Uri,
     raw: Body,
 ) -> Response {
-    serve::<Completions>(state.0, ctx, caller, headers, uri, raw).await
+    serve::<Completions>(state.0, ctx, caller, headers, uri, raw)
+        .await
+        .into_response()
 }

@@ -130,7 +130,9 @@ pub async fn messages(
     uri: Uri,
     raw: Body,
 ) -> Response {
-    serve::<Anthropic>(state.0, ctx, caller, headers, uri, raw).await
+    serve::<Anthropic>(state.0, ctx, caller, headers, uri, raw)
+        .await
+        .into_response()
 }
 
 /// An estimate (about four characters a token) — enough for clients that budget context;

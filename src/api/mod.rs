@@ -202,9 +202,23 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestCtx {
     }
 }
 
-/// Marks a response whose handler already wrote the request's log line.
+/// Marks a response whose handler already wrote the request's log line, for the
+/// request-context layer (`context.rs`) on the router's path.
 #[derive(Clone, Copy)]
 pub(crate) struct Logged;
+
+/// A reply whose request's log line is written: what the chat handlers return. On the
+/// router's path it becomes a response marked [`Logged`]; the fast lane knows it without
+/// the mark, which costs an extensions map (two allocations) per request.
+pub(crate) struct LoggedResponse(pub axum::response::Response);
+
+impl axum::response::IntoResponse for LoggedResponse {
+    fn into_response(self) -> axum::response::Response {
+        let mut resp = self.0;
+        resp.extensions_mut().insert(Logged);
+        resp
+    }
+}
 
 /// A new UUID written straight into the shared string: no `fmt` and no intermediate
 /// `String` on every request.

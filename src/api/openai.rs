@@ -107,5 +107,7 @@ pub async fn chat_completions(
     uri: Uri,
     raw: Body,
 ) -> Response {
-    serve::<OpenAi>(state.0, ctx, caller, headers, uri, raw).await
+    serve::<OpenAi>(state.0, ctx, caller, headers, uri, raw)
+        .await
+        .into_response()
 }

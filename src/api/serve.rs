@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{AppState, Caller, Logged, RequestCtx, body, validate};
+use super::{AppState, Caller, LoggedResponse, RequestCtx, body, validate};
 use crate::error::{ErrorCode, ProxyError};
 use crate::keys::Principal;
 use crate::limits::{RateStatus, Ticket, estimate_tokens};
@@ -158,7 +158,6 @@ fn fail<D: Dialect>(mut log: RequestLog, err: ProxyError, ctx: &RequestCtx) -> R
     if let Some(model) = log.model.clone() {
         routing_headers(resp.headers_mut(), &model, &log.outcome);
     }
-    resp.extensions_mut().insert(Logged);
     resp
 }
 
@@ -188,8 +187,22 @@ fn prepare<D: Dialect>(
     Ok((req, opts))
 }
 
-/// The handler body for any dialect.
-pub(crate) async fn serve<D: Dialect>(
+/// The handler body for any dialect. Every way out writes the request's log line.
+///
+/// A map over the future rather than an `async fn` around it: an async wrapper would keep
+/// its own copy of the arguments in every request's future, which the fast lane boxes.
+pub(crate) fn serve<D: Dialect>(
+    state: Arc<AppState>,
+    ctx: RequestCtx,
+    caller: Caller,
+    headers: HeaderMap,
+    uri: Uri,
+    raw: Body,
+) -> impl Future<Output = LoggedResponse> + Send {
+    answer::<D>(state, ctx, caller, headers, uri, raw).map(LoggedResponse)
+}
+
+async fn answer<D: Dialect>(
     state: Arc<AppState>,
     ctx: RequestCtx,
     caller: Caller,
@@ -364,7 +377,6 @@ pub(crate) async fn serve<D: Dialect>(
                 }
                 routing_headers(out.headers_mut(), &req.model, &log.outcome);
                 rate.headers(out.headers_mut());
-                out.extensions_mut().insert(Logged);
                 out
             }
             Err(e) => {
@@ -473,7 +485,6 @@ fn stream_response<D: Dialect>(
     // Tell nginx-style front proxies not to buffer the stream.
     resp.headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    resp.extensions_mut().insert(Logged);
     resp
 }
 

@@ -62,7 +62,8 @@ Config values may use ${VAR}, ${VAR:-default} and LiteLLM's os.environ/VAR.";
 /// per proxied request (glibc's frees spill past its small per-thread cache into
 /// `_int_free` and `malloc_consolidate`), and 15.5 instead of 19.7 KiB per open stream
 /// with memory handed back when streams end (bench/RESULTS.md, "Allocator"). Only the
-/// binary sets it; the library leaves the choice to whoever embeds it.
+/// binary sets it; the library leaves the choice to whoever embeds it. Its thread cache is
+/// tuned at build time in `.cargo/config.toml`.
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -42,6 +42,9 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes
         let Ok(data) = frame.into_data() else {
             continue; // trailers carry nothing a JSON request needs
         };
+        if data.is_empty() {
+            continue;
+        }
         total = total.saturating_add(data.len());
         if total > limit {
             return Err(too_large(limit));
@@ -50,7 +53,9 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes
             Some(buf) => buf.extend_from_slice(&data),
             None if first.is_empty() => first = data,
             None => {
-                let mut buf = BytesMut::with_capacity(total);
+                // The declared length, when there is one, is the whole body's size.
+                let expected = declared.map_or(0, |n| usize::try_from(n).unwrap_or(limit));
+                let mut buf = BytesMut::with_capacity(total.max(expected.min(limit)));
                 buf.extend_from_slice(&first);
                 buf.extend_from_slice(&data);
                 joined = Some(buf);

@@ -210,7 +210,10 @@ pub(crate) struct Logged;
 /// A reply whose request's log line is written: what the chat handlers return. On the
 /// router's path it becomes a response marked [`Logged`]; the fast lane knows it without
 /// the mark, which costs an extensions map (two allocations) per request.
-pub(crate) struct LoggedResponse(pub axum::response::Response);
+///
+/// The field is private to `api`: only `serve` makes one, so the type cannot claim a log
+/// line that was never written.
+pub(crate) struct LoggedResponse(axum::response::Response);
 
 impl axum::response::IntoResponse for LoggedResponse {
     fn into_response(self) -> axum::response::Response {

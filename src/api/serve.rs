@@ -187,7 +187,9 @@ fn prepare<D: Dialect>(
     Ok((req, opts))
 }
 
-/// The handler body for any dialect. Every way out writes the request's log line.
+/// The handler body for any dialect. Every way out writes the request's log line: a reply
+/// and a refusal before it return, a stream when it ends (or, if the client leaves, when
+/// its state is dropped).
 ///
 /// A map over the future rather than an `async fn` around it: an async wrapper would keep
 /// its own copy of the arguments in every request's future, which the fast lane boxes.

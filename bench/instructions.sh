@@ -8,7 +8,8 @@
 #
 # Why: CPU time per request on this kind of machine moves by up to 15% from run to run,
 # more than most single changes are worth. The user-space instruction count of the same
-# requests is the same to within 0.1% run after run, so a change can be judged by it
+# requests moves by about 1% at most run after run (jemalloc's caches and the ledger's
+# batch sizes differ), so a change of more than that can be judged by it
 # (kernel time, about half of the CPU, is not counted; it is the same for every build).
 #
 #   cargo build --release --example bare_forwarder && cargo build --release

@@ -204,6 +204,7 @@ pub(crate) fn serve<D: Dialect>(
     answer::<D>(state, ctx, caller, headers, uri, raw).map(LoggedResponse)
 }
 
+/// `serve`'s work: the same arguments, the reply whose line it wrote.
 async fn answer<D: Dialect>(
     state: Arc<AppState>,
     ctx: RequestCtx,

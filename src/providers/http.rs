@@ -782,16 +782,22 @@ mod tests {
         (port, server)
     }
 
-    /// The request line is in origin form and the precomputed Host arrives, once, on a
-    /// real connection.
-    #[tokio::test]
-    async fn an_upstream_gets_exactly_one_host_header() {
-        let (port, server) = head_recording_upstream().await;
+    /// A default client and its chat endpoint on a local test upstream.
+    fn local_chat_endpoint(port: u16) -> (HttpClient, Endpoint) {
         let client = build_client(&ClientSettings::default()).unwrap();
         let ep = Endpoint::new(
             format!("http://127.0.0.1:{port}/v1/chat/completions"),
             &client,
         );
+        (client, ep)
+    }
+
+    /// The request line is in origin form and the precomputed Host arrives, once, on a
+    /// real connection.
+    #[tokio::test]
+    async fn an_upstream_gets_exactly_one_host_header() {
+        let (port, server) = head_recording_upstream().await;
+        let (client, ep) = local_chat_endpoint(port);
         fetch(ep.post(&client).body("{}"), None).await.unwrap();
         let head = server.await.unwrap();
         let hosts: Vec<_> = head.lines().filter(|l| l.starts_with("host:")).collect();
@@ -949,11 +955,7 @@ mod tests {
     async fn a_released_stream_gives_its_connection_back() {
         use std::sync::atomic::Ordering;
         let (port, accepted) = counting_upstream().await;
-        let client = build_client(&ClientSettings::default()).unwrap();
-        let ep = Endpoint::new(
-            format!("http://127.0.0.1:{port}/v1/chat/completions"),
-            &client,
-        );
+        let (client, ep) = local_chat_endpoint(port);
         for mode in ["sse", "sse-late", "sse", "sse-late"] {
             let resp = send(ep.post(&client).header("x-mode", mode).body("{}"), None)
                 .await
@@ -983,11 +985,7 @@ mod tests {
     #[tokio::test]
     async fn a_configured_host_header_is_kept() {
         let (port, server) = head_recording_upstream().await;
-        let client = build_client(&ClientSettings::default()).unwrap();
-        let ep = Endpoint::new(
-            format!("http://127.0.0.1:{port}/v1/chat/completions"),
-            &client,
-        );
+        let (client, ep) = local_chat_endpoint(port);
         let mut configured = http::HeaderMap::new();
         configured.insert(http::header::HOST, HeaderValue::from_static("llm.internal"));
         fetch(ep.post(&client).headers(&configured).body("{}"), None)

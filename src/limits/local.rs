@@ -85,7 +85,6 @@ impl LocalStore {
     }
 
     pub fn settle(&self, scope: &Scope, token_delta: i64) {
-        let now = self.now();
         let Ok(mut guard) = self.entries.lock() else {
             return;
         };
@@ -94,8 +93,9 @@ impl LocalStore {
         if scope.limits.max_parallel_requests.is_some() {
             e.in_flight = e.in_flight.saturating_sub(1);
         }
+        // The clock is read only when there is something to adjust.
         if let (Some(tpm), true) = (scope.limits.tpm, token_delta != 0) {
-            gcra::adjust(&mut e.tok_tat, now, tpm, token_delta as f64);
+            gcra::adjust(&mut e.tok_tat, self.now(), tpm, token_delta as f64);
         }
     }
 }

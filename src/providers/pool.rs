@@ -291,7 +291,7 @@ impl Upstream {
             }
             conns.h2 = None;
         }
-        self.expire(&mut conns);
+        self.expire(&mut conns, now);
         let mut cx = Context::from_waker(std::task::Waker::noop());
         for _ in 0..conns.idle.len() {
             let Some(mut idle) = conns.idle.pop_back() else {
@@ -306,12 +306,12 @@ impl Upstream {
         None
     }
 
-    /// Drops the idle connections past the idle timeout (they are at the front).
-    fn expire(&self, conns: &mut Conns) {
+    /// Drops the idle connections past the idle timeout at `now` (they are at the front).
+    fn expire(&self, conns: &mut Conns, now: Instant) {
         while conns
             .idle
             .front()
-            .is_some_and(|i| i.since.elapsed() >= self.idle_timeout)
+            .is_some_and(|i| now.saturating_duration_since(i.since) >= self.idle_timeout)
         {
             conns.idle.pop_front();
         }
@@ -323,12 +323,10 @@ impl Upstream {
             return;
         }
         let mut conns = self.lock();
-        self.expire(&mut conns);
+        let now = Instant::now();
+        self.expire(&mut conns, now);
         if conns.idle.len() < self.max_idle {
-            conns.idle.push_back(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            conns.idle.push_back(Idle { sender, since: now });
         }
     }
 

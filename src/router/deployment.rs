@@ -148,9 +148,11 @@ impl DeploymentState {
             });
     }
 
-    pub fn record_tokens(&self, tokens: u64) {
+    /// Counts `tokens` at `now` (the caller's clock reading: requests read the clock a
+    /// few times, not once per bookkeeping step).
+    pub fn record_tokens(&self, tokens: u64, now: Instant) {
         if let Ok(mut w) = self.window.lock() {
-            w.roll(Instant::now());
+            w.roll(now);
             w.tokens += tokens;
         }
     }
@@ -167,9 +169,10 @@ impl DeploymentState {
         r.max(t)
     }
 
-    pub fn admit(&self, take_probe: bool) -> Admission {
+    /// Whether a request may go to this deployment at `now`, and whether as a probe.
+    pub fn admit(&self, now: Instant, take_probe: bool) -> Admission {
         match self.breaker.lock() {
-            Ok(mut b) => b.admit(Instant::now(), take_probe),
+            Ok(mut b) => b.admit(now, take_probe),
             Err(_) => Admission::Allowed,
         }
     }
@@ -207,11 +210,11 @@ impl DeploymentState {
             .unwrap_or((Health::Healthy, None))
     }
 
-    /// Counts a request starting; the guard counts it finished when dropped.
-    pub fn start(self: &Arc<Self>) -> InFlight {
+    /// Counts a request starting at `now`; the guard counts it finished when dropped.
+    pub fn start(self: &Arc<Self>, now: Instant) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut w) = self.window.lock() {
-            w.roll(Instant::now());
+            w.roll(now);
             w.requests += 1;
         }
         InFlight(self.clone())
@@ -257,8 +260,8 @@ mod tests {
             fail_window: MINUTE,
             cooldown: MINUTE,
         }));
-        let a = s.start();
-        let b = s.start();
+        let a = s.start(Instant::now());
+        let b = s.start(Instant::now());
         assert_eq!(s.in_flight(), 2);
         drop(a);
         drop(b);

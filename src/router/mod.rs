@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at};
 
 use crate::config::{ProviderKind, RoutingSettings, Settings};
 use crate::error::{ErrorCode, ProxyError};
@@ -349,29 +349,24 @@ impl Router {
         rc: &RouteCtx<'_>,
         outcome: &mut Outcome,
     ) -> Result<ChatResponse, ProxyError> {
-        let (resp, _guard) = self
+        let (resp, guard, ended) = self
             .run(
                 route,
                 rc,
                 outcome,
                 false,
-                |dep: Deployment, limit| async move {
-                    let started = Instant::now();
+                |dep: Deployment, limit, started| async move {
                     let call = dep.provider.provider.chat(req, &dep.upstream_model);
-                    match timeout(limit, call).await {
-                        Ok(Ok(resp)) => {
-                            dep.state.record_latency(started.elapsed());
-                            if let Some(u) = resp.usage {
-                                dep.state.record_tokens(u.total_tokens);
-                            }
-                            Ok(resp)
-                        }
-                        Ok(Err(e)) => Err(e),
+                    match timeout_at((started + limit).into(), call).await {
+                        Ok(r) => r,
                         Err(_) => Err(UpstreamError::Timeout(TimeoutKind::Total, limit)),
                     }
                 },
             )
             .await?;
+        if let Some(u) = resp.usage {
+            guard.state().record_tokens(u.total_tokens, ended);
+        }
         Ok(resp)
     }
 
@@ -383,14 +378,13 @@ impl Router {
         rc: &RouteCtx<'_>,
         outcome: &mut Outcome,
     ) -> Result<OpenStream, ProxyError> {
-        let (open, guard) = self
+        let (open, guard, _) = self
             .run(
                 route,
                 rc,
                 outcome,
                 true,
-                |dep: Deployment, limit| async move {
-                    let started = Instant::now();
+                |dep: Deployment, limit, started| async move {
                     let open = async {
                         let mut s = dep
                             .provider
@@ -403,15 +397,12 @@ impl Router {
                             None => Ok((None, s)),
                         }
                     };
-                    match timeout(limit, open).await {
-                        Ok(Ok((first, rest))) => {
-                            dep.state.record_latency(started.elapsed());
-                            Ok(OpenStream {
-                                first,
-                                first_at: Instant::now(),
-                                rest,
-                            })
-                        }
+                    match timeout_at((started + limit).into(), open).await {
+                        Ok(Ok((first, rest))) => Ok(OpenStream {
+                            first,
+                            first_at: Instant::now(),
+                            rest,
+                        }),
                         Ok(Err(e)) => Err(e),
                         Err(_) => Err(UpstreamError::Timeout(TimeoutKind::FirstToken, limit)),
                     }
@@ -429,7 +420,10 @@ impl Router {
 
     /// The attempt loop every request shares: the model's deployments (each attempt on a
     /// deployment not tried yet when there is one), then its fallbacks, each with its own
-    /// `num_retries`, all within the request's total `timeout`.
+    /// `num_retries`, all within the request's total `timeout`. An attempt gets its
+    /// deployment, its time limit and when it started; a success comes back with the
+    /// deployment's in-flight guard and when the attempt ended (its latency is recorded
+    /// here).
     async fn run<T, F, Fut>(
         &self,
         route: &Resolved,
@@ -437,9 +431,9 @@ impl Router {
         outcome: &mut Outcome,
         stream: bool,
         attempt: F,
-    ) -> Result<(T, InFlight), ProxyError>
+    ) -> Result<(T, InFlight, Instant), ProxyError>
     where
-        F: Fn(Deployment, Duration) -> Fut,
+        F: Fn(Deployment, Duration, Instant) -> Fut,
         Fut: Future<Output = Result<T, UpstreamError>>,
     {
         let deadline = rc.started + self.routing.timeout;
@@ -464,22 +458,25 @@ impl Router {
             let mut attempts = 0;
             let mut context_error = false;
             while attempts < per_model {
-                let now = Instant::now();
+                // One clock reading serves the choice, the deployment's bookkeeping and
+                // the attempt's start (a request used to read the clock about 25 times,
+                // 2-3% of its CPU); it is read again only after waiting.
+                let mut now = Instant::now();
                 if now >= deadline {
                     return Err(deadline_error(last_err, self.routing.timeout));
                 }
                 let mut full = false;
-                let mut chosen = self.choose(deployments, &tried, &mut soonest, &mut full);
+                let mut chosen = self.choose(deployments, &tried, &mut soonest, &mut full, now);
                 // Deployments at their limits are a soft limit: wait briefly for a slot
                 // before going on to fallbacks (or refusing).
                 let wait_until = (now + LIMIT_WAIT).min(deadline);
-                while chosen.is_none() && full && Instant::now() < wait_until {
+                while chosen.is_none() && full && now < wait_until {
                     tokio::time::sleep(LIMIT_POLL).await;
+                    now = Instant::now();
                     full = false;
-                    chosen = self.choose(deployments, &tried, &mut soonest, &mut full);
+                    chosen = self.choose(deployments, &tried, &mut soonest, &mut full, now);
                 }
                 saw_full |= full;
-                let now = Instant::now();
                 if now >= deadline {
                     return Err(deadline_error(last_err, self.routing.timeout));
                 }
@@ -494,16 +491,17 @@ impl Router {
                 attempts += 1;
                 outcome.attempts += 1;
                 outcome.deployment = Some(dep.clone());
-                let guard = dep.state.start();
+                let guard = dep.state.start(now);
                 let limit = if stream {
                     dep.timeouts.first_token
                 } else {
                     dep.timeouts.total
                 }
                 .min(deadline.saturating_duration_since(now));
-                let called = Instant::now();
-                let result = attempt(dep.clone(), limit).await;
-                let elapsed = called.elapsed();
+                let called = now;
+                let result = attempt(dep.clone(), limit, called).await;
+                let ended = Instant::now();
+                let elapsed = ended.saturating_duration_since(called);
                 outcome.upstream += elapsed;
                 if let Some(log) = &mut outcome.attempt_log {
                     log.push(Attempt {
@@ -515,8 +513,9 @@ impl Router {
                 }
                 let err = match result {
                     Ok(v) => {
+                        dep.state.record_latency(elapsed);
                         dep.state.on_success();
-                        return Ok((v, guard));
+                        return Ok((v, guard, ended));
                     }
                     Err(e) => e,
                 };
@@ -553,7 +552,7 @@ impl Router {
                             m.retry(&dep.id);
                         }
                         // Another deployment goes at once; the same one after a backoff.
-                        let other = self.has_other(deployments, &tried);
+                        let other = self.has_other(deployments, &tried, Instant::now());
                         if more && !other {
                             // Nothing to wait for on a deployment just taken out.
                             if !retry_same || cooled {
@@ -620,6 +619,7 @@ impl Router {
         tried: &[usize],
         soonest: &mut Option<Duration>,
         saw_full: &mut bool,
+        now: Instant,
     ) -> Option<(usize, bool)> {
         // A model with one deployment (most of them): the checks below, without the three
         // candidate lists they allocate.
@@ -628,13 +628,13 @@ impl Router {
                 *soonest = Some(soonest.map_or(left, |s| s.min(left)));
                 None
             };
-            return match only.state.admit(false) {
+            return match only.state.admit(now, false) {
                 Admission::Cooling(left) => cooling(left),
                 _ if at_limits(only) => {
                     *saw_full = true;
                     None
                 }
-                _ => match only.state.admit(true) {
+                _ => match only.state.admit(now, true) {
                     Admission::Allowed => Some((0, false)),
                     Admission::Probe => Some((0, true)),
                     Admission::Cooling(left) => cooling(left),
@@ -647,7 +647,7 @@ impl Router {
                 .filter(|i| !excluded.contains(i))
                 .filter(|i| {
                     let d = &deployments[*i];
-                    match d.state.admit(false) {
+                    match d.state.admit(now, false) {
                         Admission::Cooling(left) => {
                             *soonest = Some(soonest.map_or(left, |s| s.min(left)));
                             false
@@ -672,7 +672,7 @@ impl Router {
                 .iter()
                 .copied()
                 .find(|i| std::ptr::eq(&deployments[*i], picked))?;
-            match deployments[i].state.admit(true) {
+            match deployments[i].state.admit(now, true) {
                 Admission::Allowed => return Some((i, false)),
                 Admission::Probe => return Some((i, true)),
                 // Another request took the probe meanwhile.
@@ -685,11 +685,11 @@ impl Router {
     }
 
     /// Whether an untried deployment of the group could take the next attempt.
-    fn has_other(&self, deployments: &[Deployment], tried: &[usize]) -> bool {
+    fn has_other(&self, deployments: &[Deployment], tried: &[usize], now: Instant) -> bool {
         (0..deployments.len()).any(|i| {
             let d = &deployments[i];
             !tried.contains(&i)
-                && !matches!(d.state.admit(false), Admission::Cooling(_))
+                && !matches!(d.state.admit(now, false), Admission::Cooling(_))
                 && !at_limits(d)
         })
     }
@@ -760,7 +760,7 @@ fn observe(inner: EventStream, dep: Deployment, guard: InFlight) -> EventStream 
                 Ok(Some(Ok(c))) => {
                     for ev in &c.events {
                         if let ChatEvent::Usage(u) = ev {
-                            guard.state().record_tokens(u.total_tokens);
+                            guard.state().record_tokens(u.total_tokens, Instant::now());
                         }
                     }
                     Some((Ok(c), Some((s, dep, guard))))

@@ -116,10 +116,11 @@ impl RequestLine<'_> {
         w.0
     }
 
-    /// Writes the line: as JSON when the log is JSON, else through `tracing`.
-    pub fn emit(&self, level: tracing::Level) {
+    /// Writes the line, stamped `at`: as JSON when the log is JSON, else through
+    /// `tracing` (which stamps it itself).
+    pub fn emit(&self, level: tracing::Level, at: std::time::SystemTime) {
         if let Some(out) = log_sink::json_out() {
-            out.send_line(self.to_json(level, std::time::SystemTime::now()));
+            out.send_line(self.to_json(level, at));
             return;
         }
         let fields = self.key_values();

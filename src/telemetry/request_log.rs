@@ -185,6 +185,8 @@ impl RequestLog {
         }
         self.emitted = true;
         let latency = self.started.elapsed();
+        // One wall-clock reading for the ledger record and the log line.
+        let at = SystemTime::now();
         let dep = self.outcome.deployment.as_ref();
         // Prices live with the ledger: without one, requests are not costed.
         let cost = match (&self.ledger, self.stats.usage, dep) {
@@ -227,7 +229,7 @@ impl RequestLog {
                 sink.add_spend(k, c, b.period);
             }
             sink.ledger.record(crate::ledger::UsageRecord {
-                at_ms: crate::ledger::now_ms(),
+                at_ms: crate::ledger::unix_ms(at),
                 request_id: self.request_id.clone(),
                 trace_id: self.trace_id.clone(),
                 key: self.key.clone(),
@@ -253,7 +255,7 @@ impl RequestLog {
         }
         if let (Some(tracer), Some(tc)) = (&self.tracer, &self.trace) {
             if tc.sampled {
-                tracer.export(self.spans(tc, latency, cost));
+                tracer.export(self.spans(tc, at, latency, cost));
             }
         }
         let error_message = self.error.as_ref().map(|e| e.message.as_str());
@@ -293,7 +295,7 @@ impl RequestLog {
                 cost_usd: cost,
                 finish_reason: self.stats.finish.map(FinishReason::as_str),
             }
-            .emit(level);
+            .emit(level, at);
         }
         // A line of its own (target `llm_proxy::content`), so the request line's shape
         // never changes and operators can route content elsewhere by target.
@@ -315,8 +317,13 @@ impl RequestLog {
     /// The request's server span and a client span per upstream attempt, with the
     /// OpenTelemetry GenAI attributes (`gen_ai.*`) and llm-proxy's own (`llm_proxy.*`).
     /// Never a key: only the key's name.
-    fn spans(&self, tc: &super::TraceContext, latency: Duration, cost: Option<f64>) -> Vec<Span> {
-        let end = SystemTime::now();
+    fn spans(
+        &self,
+        tc: &super::TraceContext,
+        end: SystemTime,
+        latency: Duration,
+        cost: Option<f64>,
+    ) -> Vec<Span> {
         let start = end.checked_sub(latency).unwrap_or(end);
         // Wall-clock time of a moment measured on the monotonic clock.
         let wall = |at: Instant| start + at.saturating_duration_since(self.started);

@@ -350,19 +350,9 @@ impl Router {
         outcome: &mut Outcome,
     ) -> Result<ChatResponse, ProxyError> {
         let (resp, guard, ended) = self
-            .run(
-                route,
-                rc,
-                outcome,
-                false,
-                |dep: Deployment, limit, started| async move {
-                    let call = dep.provider.provider.chat(req, &dep.upstream_model);
-                    match timeout_at((started + limit).into(), call).await {
-                        Ok(r) => r,
-                        Err(_) => Err(UpstreamError::Timeout(TimeoutKind::Total, limit)),
-                    }
-                },
-            )
+            .run(route, rc, outcome, false, |dep: Deployment| async move {
+                dep.provider.provider.chat(req, &dep.upstream_model).await
+            })
             .await?;
         if let Some(u) = resp.usage {
             guard.state().record_tokens(u.total_tokens, ended);
@@ -379,35 +369,19 @@ impl Router {
         outcome: &mut Outcome,
     ) -> Result<OpenStream, ProxyError> {
         let (open, guard, _) = self
-            .run(
-                route,
-                rc,
-                outcome,
-                true,
-                |dep: Deployment, limit, started| async move {
-                    let open = async {
-                        let mut s = dep
-                            .provider
-                            .provider
-                            .chat_stream(req, &dep.upstream_model)
-                            .await?;
-                        match s.next().await {
-                            Some(Ok(first)) => Ok((Some(first), s)),
-                            Some(Err(e)) => Err(e),
-                            None => Ok((None, s)),
-                        }
-                    };
-                    match timeout_at((started + limit).into(), open).await {
-                        Ok(Ok((first, rest))) => Ok(OpenStream {
-                            first,
-                            first_at: Instant::now(),
-                            rest,
-                        }),
-                        Ok(Err(e)) => Err(e),
-                        Err(_) => Err(UpstreamError::Timeout(TimeoutKind::FirstToken, limit)),
-                    }
-                },
-            )
+            .run(route, rc, outcome, true, |dep: Deployment| async move {
+                let mut rest = dep
+                    .provider
+                    .provider
+                    .chat_stream(req, &dep.upstream_model)
+                    .await?;
+                let first = rest.next().await.transpose()?;
+                Ok(OpenStream {
+                    first,
+                    first_at: Instant::now(),
+                    rest,
+                })
+            })
             .await?;
         let dep = outcome
             .deployment
@@ -420,10 +394,10 @@ impl Router {
 
     /// The attempt loop every request shares: the model's deployments (each attempt on a
     /// deployment not tried yet when there is one), then its fallbacks, each with its own
-    /// `num_retries`, all within the request's total `timeout`. An attempt gets its
-    /// deployment, its time limit and when it started; a success comes back with the
-    /// deployment's in-flight guard and when the attempt ended (its latency is recorded
-    /// here).
+    /// `num_retries`, all within the request's total `timeout`. An attempt is given its
+    /// deployment and run under its time limit (to the reply, or to a stream's first
+    /// chunk); a success comes back with the deployment's in-flight guard and when the
+    /// attempt ended (its latency is recorded here).
     async fn run<T, F, Fut>(
         &self,
         route: &Resolved,
@@ -433,7 +407,7 @@ impl Router {
         attempt: F,
     ) -> Result<(T, InFlight, Instant), ProxyError>
     where
-        F: Fn(Deployment, Duration, Instant) -> Fut,
+        F: Fn(Deployment) -> Fut,
         Fut: Future<Output = Result<T, UpstreamError>>,
     {
         let deadline = rc.started + self.routing.timeout;
@@ -499,7 +473,18 @@ impl Router {
                 }
                 .min(deadline.saturating_duration_since(now));
                 let called = now;
-                let result = attempt(dep.clone(), limit, called).await;
+                // Until the reply, or a stream's first chunk.
+                let result = match timeout_at((called + limit).into(), attempt(dep.clone())).await {
+                    Ok(r) => r,
+                    Err(_) => Err(UpstreamError::Timeout(
+                        if stream {
+                            TimeoutKind::FirstToken
+                        } else {
+                            TimeoutKind::Total
+                        },
+                        limit,
+                    )),
+                };
                 let ended = Instant::now();
                 let elapsed = ended.saturating_duration_since(called);
                 outcome.upstream += elapsed;

@@ -75,7 +75,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProxyError> {
     }
     // Tracking the field path costs on every field of every request, so only a body that
     // fails to decode is decoded again with it, for the error message.
-    match serde_json::from_slice(bytes) {
+    match crate::wire::from_json(bytes) {
         Ok(value) => Ok(value),
         Err(_) => decode_located(bytes),
     }

@@ -467,7 +467,7 @@ struct AResponse {
 
 /// Decodes a complete Messages reply.
 pub fn decode_response(body: &[u8]) -> Result<ChatResponse, serde_json::Error> {
-    let r: AResponse = serde_json::from_slice(body)?;
+    let r: AResponse = super::from_json(body)?;
     let mut msg = AssistantMessage::default();
     for block in r.content {
         match block {
@@ -577,7 +577,7 @@ impl StreamDecoder {
         &mut self,
         data: &[u8],
     ) -> Result<Result<Vec<ChatEvent>, StreamError>, serde_json::Error> {
-        let ev: AStreamEvent = serde_json::from_slice(data)?;
+        let ev: AStreamEvent = super::from_json(data)?;
         let mut out = Vec::new();
         match ev {
             AStreamEvent::MessageStart { message } => self.usage.merge(message.usage),

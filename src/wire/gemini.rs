@@ -428,7 +428,7 @@ fn error_text(v: &Value) -> String {
 /// Decodes a complete `generateContent` reply. A prompt blocked before generation (no
 /// candidates, `promptFeedback.blockReason`) is a `content_filter` finish with no content.
 pub fn decode_response(body: &[u8]) -> Result<ChatResponse, serde_json::Error> {
-    let mut r: GResponse = serde_json::from_slice(body)?;
+    let mut r: GResponse = super::from_json(body)?;
     let usage = r.usage_metadata.take().map(GUsage::to_canonical);
     let id = r.response_id.take();
     let model = r.model_version.take();
@@ -481,7 +481,7 @@ impl StreamDecoder {
         &mut self,
         data: &[u8],
     ) -> Result<Result<Vec<ChatEvent>, StreamError>, serde_json::Error> {
-        let mut r: GResponse = serde_json::from_slice(data)?;
+        let mut r: GResponse = super::from_json(data)?;
         if let Some(err) = r.error.take() {
             return Ok(Err(StreamError {
                 status: err

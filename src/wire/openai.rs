@@ -95,7 +95,7 @@ struct WireMessage {
 
 /// Decodes a complete (non-streaming) reply. The bytes are kept for verbatim passthrough.
 pub fn decode_response(body: Bytes) -> Result<ChatResponse, serde_json::Error> {
-    let wire: WireCompletion = serde_json::from_slice(&body)?;
+    let wire: WireCompletion = super::from_json(&body)?;
     let first = wire.choices.into_iter().next();
     let (message, finish_reason) = match first {
         Some(c) => {
@@ -221,7 +221,7 @@ impl StreamDecoder {
     }
 
     pub fn decode(&mut self, data: &[u8]) -> Result<DecodedChunk, serde_json::Error> {
-        let chunk: WireChunk<'_> = serde_json::from_slice(data)?;
+        let chunk: WireChunk<'_> = super::from_json(data)?;
         if let Some(err) = chunk.error {
             return Ok(DecodedChunk::Error(error_message_from_value(&err)));
         }

@@ -58,7 +58,12 @@ fn start<D: Dialect>(
     req: Request,
     path: &'static str,
 ) -> BoxFuture<'static, Response> {
-    Box::pin(answer::<D>(state, peer, req, path))
+    // The box first, then the future written into it: built as `Box::pin(answer(..))`,
+    // the future (about 7 KiB) was assembled on the stack and copied into the box, twice
+    // (callgrind: two 7 KiB memcpys per request). Allocated before the value is made,
+    // LLVM writes the value into the box directly.
+    let boxed: Box<_> = Box::write(Box::new_uninit(), answer::<D>(state, peer, req, path));
+    Box::into_pin(boxed)
 }
 
 /// What the request-context layer, the key layer and the handler do on the router's

@@ -427,28 +427,30 @@ mod tests {
         let record = |i: u64| UsageRecord {
             at_ms: 1_000 + i as i64,
             request_id: format!("r{i}").into(),
-            trace_id: (i % 2 == 0).then(|| Arc::from(format!("t{i}"))),
-            key: (i % 3 == 0).then(|| Arc::from("team-a")),
+            trace_id: i.is_multiple_of(2).then(|| Arc::from(format!("t{i}"))),
+            key: i.is_multiple_of(3).then(|| Arc::from("team-a")),
             endpoint: "chat_completions",
             // Null in every second group of ROWS_PER_INSERT rows: a value after a null
             // and a null after a value in the same place of consecutive statements.
-            model: ((i / ROWS_PER_INSERT as u64) % 2 == 0).then(|| Arc::from("m")),
-            provider: (i % 5 != 0).then(|| Arc::from("p")),
+            model: (i / ROWS_PER_INSERT as u64)
+                .is_multiple_of(2)
+                .then(|| Arc::from("m")),
+            provider: (!i.is_multiple_of(5)).then(|| Arc::from("p")),
             deployment: Some("p/m".into()),
-            status: if i % 7 == 0 { 502 } else { 200 },
-            result: if i % 7 == 0 { "error" } else { "ok" },
-            error_code: (i % 7 == 0).then_some("PROVIDER_ERROR"),
+            status: if i.is_multiple_of(7) { 502 } else { 200 },
+            result: if i.is_multiple_of(7) { "error" } else { "ok" },
+            error_code: i.is_multiple_of(7).then_some("PROVIDER_ERROR"),
             stream: i % 2 == 1,
             attempts: 1 + (i % 3) as u32,
             tokens_in: Some(i),
-            tokens_out: (i % 4 != 0).then_some(i * 2),
-            tokens_cached: (i % 6 == 0).then_some(1),
+            tokens_out: (!i.is_multiple_of(4)).then_some(i * 2),
+            tokens_cached: i.is_multiple_of(6).then_some(1),
             tokens_reasoning: None,
-            cost_usd: (i % 2 == 0).then(|| i as f64 / 8.0),
+            cost_usd: i.is_multiple_of(2).then(|| i as f64 / 8.0),
             latency_ms: i as f64 + 0.5,
             ttft_ms: (i % 2 == 1).then_some(0.25),
             chunks: i,
-            finish_reason: (i % 7 != 0).then_some("stop"),
+            finish_reason: (!i.is_multiple_of(7)).then_some("stop"),
         };
         for size in [
             1,

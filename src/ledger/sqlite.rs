@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS minute_marks (
 const MARKS_FROM_INDEX: &str = "
 INSERT OR IGNORE INTO minute_marks (minute, first_id)
     SELECT at_ms / 60000, MIN(id) FROM requests GROUP BY at_ms / 60000;
-DROP INDEX requests_at;
+DROP INDEX IF EXISTS requests_at;
 ";
 
 /// The schema this build writes; older databases are migrated at start.
@@ -97,7 +97,11 @@ pub(super) fn migrate(
         message: e.to_string(),
     };
     conn.execute_batch(SCHEMA).map_err(err)?;
-    let has_time_index: bool = conn
+    // Looked for and replaced under the write lock: two processes starting on one older
+    // file together mark it once, and the second finds no index left to drop.
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
+        .map_err(err)?;
+    let has_time_index: bool = tx
         .query_row(
             "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'index' AND name = 'requests_at'",
             [],
@@ -105,9 +109,9 @@ pub(super) fn migrate(
         )
         .map_err(err)?;
     if has_time_index {
-        conn.execute_batch(&format!("BEGIN; {MARKS_FROM_INDEX} COMMIT;"))
-            .map_err(err)?;
+        tx.execute_batch(MARKS_FROM_INDEX).map_err(err)?;
     }
+    tx.commit().map_err(err)?;
     let version: Option<i64> = conn
         .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
         .map_err(err)?;
@@ -207,11 +211,17 @@ fn record_values(r: &UsageRecord) -> [ValueRef<'_>; COLUMN_COUNT] {
     ]
 }
 
+/// Writes one batch in one transaction: its rows, then its minute marks.
+///
+/// The transaction is IMMEDIATE: it takes the write lock when it begins, waiting for it as
+/// long as the busy timeout allows, before reading the largest id. A deferred one would
+/// read first and then ask for the lock, and SQLite fails such an upgrade at once (no busy
+/// wait) when another process writes the same file.
 fn write_batch(
     conn: &mut rusqlite::Connection,
     batch: &[Arc<UsageRecord>],
 ) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let before: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM requests", [], |r| {
         r.get(0)
     })?;
@@ -277,7 +287,8 @@ fn same(a: ValueRef<'_>, b: ValueRef<'_>) -> bool {
 }
 
 /// Adds the batch's [`minute_marks`](MARKS_FROM_INDEX), each minute marked by its first
-/// row (a batch spans a fraction of a second: one or two minutes). Inside the batch's
+/// row (a batch usually spans a fraction of a second, so one or two minutes; a backlog
+/// written late may span more, each marked the same way). Inside the batch's IMMEDIATE
 /// transaction (the write lock held, nothing else inserting) rows take the ids after the
 /// largest one before them, in order, so each row's id is known without reading it back.
 /// When they did not (once the largest possible id is taken SQLite picks ids at random),
@@ -461,6 +472,11 @@ mod tests {
         ] {
             let mut conn = rusqlite::Connection::open_in_memory().unwrap();
             migrate(&conn, Path::new(":memory:")).unwrap();
+            // A batch before the one checked: the second takes its statements from the
+            // cache, as the writer's batches after the first do.
+            let before: Vec<_> = (0..size as u64).map(|i| Arc::new(record(i + 1))).collect();
+            write_batch(&mut conn, &before).unwrap();
+            conn.execute("DELETE FROM requests", []).unwrap();
             let batch: Vec<_> = (0..size as u64).map(|i| Arc::new(record(i))).collect();
             write_batch(&mut conn, &batch).unwrap();
             let mut stmt = conn

@@ -165,7 +165,7 @@ fn text(s: &str) -> ValueRef<'_> {
 }
 
 fn opt_text(s: Option<&str>) -> ValueRef<'_> {
-    s.map_or(ValueRef::Null, text)
+    s.map_or(NULL, text)
 }
 
 const NULL: ValueRef<'static> = ValueRef::Null;

@@ -70,16 +70,16 @@ pub struct RequestLine<'a> {
 }
 
 impl RequestLine<'_> {
-    /// The line's bytes, newline-terminated; `level` is `INFO` or `WARN`.
+    /// Appends the line's bytes to `out`, newline-terminated; `level` is `INFO` or `WARN`.
     ///
     /// Written field by field rather than through serde: keys are constants that need
     /// no escaping, and values are escaped only when they hold a character JSON must
     /// escape (serde_json escapes every string byte by byte; with a flattened envelope
     /// the line cost about 8,000 instructions, this about a third of that).
-    pub fn to_json(&self, level: tracing::Level, at: std::time::SystemTime) -> Vec<u8> {
-        let mut w = LineWriter(Vec::with_capacity(640));
+    pub fn write_json(&self, out: &mut Vec<u8>, level: tracing::Level, at: std::time::SystemTime) {
+        let mut w = LineWriter(out);
         w.0.extend_from_slice(b"{\"timestamp\":\"");
-        timestamp(&mut w.0, at);
+        timestamp(w.0, at);
         w.0.extend_from_slice(b"\",\"level\":\"");
         w.0.extend_from_slice(level.as_str().as_bytes());
         w.0.extend_from_slice(b"\",\"message\":\"request\"");
@@ -113,14 +113,13 @@ impl RequestLine<'_> {
         w.str(member!("finish_reason"), self.finish_reason);
         w.str(member!("target"), Some(TARGET));
         w.0.extend_from_slice(b"}\n");
-        w.0
     }
 
     /// Writes the line, stamped `at`: as JSON when the log is JSON, else through
     /// `tracing` (which stamps it itself).
     pub fn emit(&self, level: tracing::Level, at: std::time::SystemTime) {
         if let Some(out) = log_sink::json_out() {
-            out.send_line(self.to_json(level, at));
+            out.send_with(|buf| self.write_json(buf, level, at));
             return;
         }
         let fields = self.key_values();
@@ -232,9 +231,9 @@ fn needs_escape(text: &[u8]) -> bool {
 
 /// A JSON object being written after its first member: each call adds `,"key":value`,
 /// or nothing for an absent value (as tracing leaves out empty fields).
-struct LineWriter(Vec<u8>);
+struct LineWriter<'a>(&'a mut Vec<u8>);
 
-impl LineWriter {
+impl LineWriter<'_> {
     /// `member` is `,"key":` for one of this file's keys (see `member!`): plain ASCII
     /// that needs no escaping, written in one copy.
     fn key(&mut self, member: &'static str) {
@@ -295,6 +294,14 @@ impl LineWriter {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+
+    fn to_json(line: &RequestLine<'_>, level: tracing::Level) -> Vec<u8> {
+        // Something already in the buffer stays, and the line goes after it.
+        let mut out = b"before\n".to_vec();
+        line.write_json(&mut out, level, std::time::SystemTime::now());
+        assert!(out.starts_with(b"before\n"));
+        out.split_off(b"before\n".len())
+    }
 
     #[derive(Clone, Default)]
     struct Buffer(Arc<Mutex<Vec<u8>>>);
@@ -449,9 +456,9 @@ mod tests {
             "2001:db8::8a2e:370:7334",
         ] {
             let ip: std::net::IpAddr = ip.parse().unwrap();
-            let mut w = LineWriter(Vec::new());
-            w.ip(ip);
-            assert_eq!(String::from_utf8(w.0).unwrap(), format!("\"{ip}\""));
+            let mut out = Vec::new();
+            LineWriter(&mut out).ip(ip);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("\"{ip}\""));
         }
     }
 
@@ -462,7 +469,7 @@ mod tests {
         line.model = Some(odd);
         line.key = Some("k\"");
         line.tokens_per_sec = Some(f64::NAN);
-        let bytes = line.to_json(tracing::Level::INFO, std::time::SystemTime::now());
+        let bytes = to_json(&line, tracing::Level::INFO);
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["model"], odd);
         assert_eq!(v["key"], "k\"");
@@ -476,7 +483,7 @@ mod tests {
     fn the_line_is_what_tracing_would_have_written() {
         for full in [true, false] {
             let line = sample(full);
-            let bytes = line.to_json(tracing::Level::WARN, std::time::SystemTime::now());
+            let bytes = to_json(&line, tracing::Level::WARN);
             assert_eq!(bytes.last(), Some(&b'\n'));
             assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 1);
             let mut ours: serde_json::Value = serde_json::from_slice(&bytes).unwrap();

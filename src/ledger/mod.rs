@@ -300,12 +300,17 @@ fn writer(mut sink: Box<dyn BatchWriter>, rx: Receiver<Arc<UsageRecord>>, writte
     let mut batch: Vec<Arc<UsageRecord>> = Vec::with_capacity(BATCH);
     let mut closed = false;
     let mut failures_after_close = 0;
+    // The last gathering filled a whole batch: more is likely queued, so the next one
+    // starts at once instead of sleeping while the queue fills toward its limit.
+    let mut behind = false;
     while !closed || !batch.is_empty() {
         if !closed {
             match rx.recv_timeout(FLUSH_EVERY) {
                 Ok(r) => {
                     batch.push(r);
-                    std::thread::sleep(GATHER);
+                    if !behind {
+                        std::thread::sleep(GATHER);
+                    }
                     while batch.len() < BATCH {
                         match rx.try_recv() {
                             Ok(r) => batch.push(r),
@@ -320,6 +325,7 @@ fn writer(mut sink: Box<dyn BatchWriter>, rx: Receiver<Arc<UsageRecord>>, writte
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => closed = true,
             }
+            behind = batch.len() >= BATCH;
         }
         if batch.is_empty() {
             continue;

@@ -70,12 +70,7 @@ pub async fn serve(listener: TcpListener, api: Api, shutdown: impl Future<Output
                 let conn = http2::Builder::new(TokioExecutor::new()).serve_connection(io, lane);
                 run(conn, stop, peer).await;
             } else {
-                let mut http1 = http1::Builder::new();
-                // Replies are small: copying the body behind the head and writing once
-                // costs less than hyper's queue of buffers for a vectored write (about
-                // 400 instructions a reply, callgrind; same one system call).
-                http1.writev(false);
-                run(http1.serve_connection(io, lane), stop, peer).await;
+                run(http1::Builder::new().serve_connection(io, lane), stop, peer).await;
             }
             drop(held);
         });

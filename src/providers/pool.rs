@@ -361,11 +361,7 @@ impl Upstream {
             }
             Ok(Conn::H2(sender))
         } else {
-            // One copy of the (small) request body behind its head and one `write`,
-            // rather than a vectored write of a queue of buffers: cheaper, as on the
-            // server side (src/connections.rs).
             let (sender, conn) = http1::Builder::new()
-                .writev(false)
                 .handshake(io)
                 .await
                 .map_err(SendError::Send)?;

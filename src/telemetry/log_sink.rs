@@ -28,6 +28,10 @@ const PENDING_MAX: usize = 4 << 20;
 /// What each of the two buffers keeps of its memory after a write: a burst may grow one
 /// to [`PENDING_MAX`], and that is given back rather than held for good.
 const KEEP: usize = 256 << 10;
+/// What a thread's scratch line keeps of its memory: a line can be as long as a client's
+/// model name (the request body's limit), and one such line must not pin that much on a
+/// worker thread for good.
+const SCRATCH_KEEP: usize = 64 << 10;
 /// After a write, how long the thread sleeps before looking at the buffer again. While it
 /// sleeps, senders do not wake it (a wake-up per line is a context switch per request on a
 /// busy core, which cost more than the `write` it saves); lines gather and go out together.
@@ -47,6 +51,9 @@ struct Pending {
     /// everything appended before it was asked for has been written.
     flushes_asked: u64,
     flushes_done: u64,
+    /// The writer thread has ended (it cannot, short of a panic in the output): lines are
+    /// then dropped rather than left to fill the buffer and stop every sender for good.
+    writer_gone: bool,
 }
 
 struct Shared {
@@ -67,8 +74,11 @@ impl Shared {
     /// Appends `bytes` (one or more whole lines), waiting while the buffer is full.
     fn push(&self, bytes: &[u8]) {
         let mut p = self.lock();
-        while p.buf.len() >= PENDING_MAX {
+        while p.buf.len() >= PENDING_MAX && !p.writer_gone {
             p = self.written.wait(p).unwrap_or_else(PoisonError::into_inner);
+        }
+        if p.writer_gone {
+            return;
         }
         p.buf.extend_from_slice(bytes);
         if p.parked {
@@ -112,6 +122,15 @@ pub fn spawn<W: Write + Send + 'static>(out: W) -> io::Result<(LogSink, FlushGua
 /// Write errors (a closed stdout) are ignored: the buffer must keep draining so that
 /// request paths never block on a sink that is gone.
 fn write_loop<W: Write>(shared: &Shared, mut out: W) {
+    /// Marks the writer gone however the loop ends, and wakes everyone waiting on it.
+    struct Gone<'a>(&'a Shared);
+    impl Drop for Gone<'_> {
+        fn drop(&mut self) {
+            self.0.lock().writer_gone = true;
+            self.0.written.notify_all();
+        }
+    }
+    let _gone = Gone(shared);
     let mut batch = Vec::new();
     loop {
         let flush_to = {
@@ -156,7 +175,7 @@ impl Drop for FlushGuard {
             shared.work.notify_one();
         }
         let deadline = std::time::Instant::now() + FLUSH_WAIT;
-        while p.flushes_done < asked {
+        while p.flushes_done < asked && !p.writer_gone {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return;
@@ -180,19 +199,26 @@ impl LogSink {
     /// Appends the line `fill` writes (see [`super::request_line`]), waiting if the buffer
     /// is full.
     pub fn send_with(&self, fill: impl FnOnce(&mut Vec<u8>)) {
-        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-            Ok(mut line) => {
-                line.clear();
-                fill(&mut line);
-                self.shared.push(&line);
-            }
-            // Only if `fill` itself logged a line: give that one a buffer of its own.
-            Err(_) => {
-                let mut line = Vec::new();
-                fill(&mut line);
-                self.shared.push(&line);
+        let mut fill = Some(fill);
+        let _ = SCRATCH.try_with(|scratch| {
+            // Busy only if `fill` itself logged a line; that one gets a buffer of its own
+            // below.
+            if let Ok(mut line) = scratch.try_borrow_mut() {
+                if let Some(fill) = fill.take() {
+                    line.clear();
+                    fill(&mut line);
+                    self.shared.push(&line);
+                    line.clear();
+                    line.shrink_to(SCRATCH_KEEP);
+                }
             }
         });
+        // The scratch line was busy, or the thread is ending and its locals are gone.
+        if let Some(fill) = fill {
+            let mut line = Vec::new();
+            fill(&mut line);
+            self.shared.push(&line);
+        }
     }
 }
 
@@ -349,10 +375,42 @@ mod tests {
             "the sender finished while the writer was stuck: lines were dropped or unbounded"
         );
         open.send(()).unwrap();
+        // Once the writer moves again, the sender must be woken and finish.
+        assert!(
+            done_rx.recv_timeout(Duration::from_secs(30)).is_ok(),
+            "the sender was never woken after the writer caught up"
+        );
         sender.join().unwrap();
         drop(guard);
         let g = rec.seen.lock().unwrap();
         assert_eq!(g.0.len(), b"first\n".len() + lines * line.len());
+    }
+
+    #[test]
+    fn a_writer_that_died_does_not_block_senders() {
+        struct Panics;
+        impl Write for Panics {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                panic!("the output panicked");
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (sink, guard) = spawn(Panics).unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let line = vec![b'x'; 64 << 10];
+            for _ in 0..(3 * PENDING_MAX / line.len()) {
+                sink.send_with(|buf| buf.extend_from_slice(&line));
+            }
+            drop(guard);
+            let _ = done_tx.send(());
+        });
+        assert!(
+            done_rx.recv_timeout(Duration::from_secs(30)).is_ok(),
+            "senders stayed blocked on a writer that had ended"
+        );
     }
 
     #[test]

@@ -71,6 +71,15 @@ impl Shared {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Wakes the writer if it is waiting for work (a line, or a flush to do); a writer
+    /// that is writing or resting finds the work when it next looks.
+    fn wake_writer(&self, p: &mut Pending) {
+        if p.parked {
+            p.parked = false;
+            self.work.notify_one();
+        }
+    }
+
     /// Appends `bytes` (one or more whole lines), waiting while the buffer is full.
     fn push(&self, bytes: &[u8]) {
         let mut p = self.lock();
@@ -81,10 +90,7 @@ impl Shared {
             return;
         }
         p.buf.extend_from_slice(bytes);
-        if p.parked {
-            p.parked = false;
-            self.work.notify_one();
-        }
+        self.wake_writer(&mut p);
     }
 }
 
@@ -170,10 +176,7 @@ impl Drop for FlushGuard {
         let mut p = shared.lock();
         p.flushes_asked += 1;
         let asked = p.flushes_asked;
-        if p.parked {
-            p.parked = false;
-            shared.work.notify_one();
-        }
+        shared.wake_writer(&mut p);
         let deadline = std::time::Instant::now() + FLUSH_WAIT;
         while p.flushes_done < asked && !p.writer_gone {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
